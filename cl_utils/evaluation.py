@@ -1,0 +1,40 @@
+"""Scoring: per-token negative log-likelihood (and perplexity) over a whole split."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+import torch
+
+__all__ = ["lm_score", "perplexity", "predicted_tokens"]
+
+
+def predicted_tokens(labels: torch.Tensor) -> int:
+    """Tokens a causal LM is scored on: the shifted labels that are not -100."""
+    return int((labels[..., 1:] != -100).sum())
+
+
+@torch.no_grad()
+def lm_score(forward: Callable[[dict[str, torch.Tensor]], Any], batches: Iterable[dict[str, torch.Tensor]]) -> float:
+    """Minus the mean next-token NLL in nats, averaged per token over every batch (higher is better).
+
+    Uses the model's own shifted-label loss: each batch's mean loss is weighted by its number of
+    predicted tokens, so the result is the per-token mean over the split, not a mean of batch means.
+    The caller's ``forward`` is responsible for ``model.eval()``.
+    """
+    total_nll, total_tokens = 0.0, 0
+    for batch in batches:
+        n = predicted_tokens(batch["labels"])
+        if n == 0:
+            continue
+        loss = forward(batch).loss
+        total_nll += float(loss.double()) * n
+        total_tokens += n
+    if total_tokens == 0:
+        raise ValueError("no tokens to score: every label is -100 or the split is empty")
+    return -total_nll / total_tokens
+
+
+def perplexity(score: float) -> float:
+    """Perplexity from an ``lm_score`` (exp of the mean NLL)."""
+    return math.exp(-score)

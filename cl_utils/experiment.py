@@ -1,0 +1,72 @@
+"""What every notebook sets up the same way: profile, seed, benchmark and base model, in one object.
+
+>>> exp = setup("smoke", seed=0)                  # doctest: +SKIP
+>>> result = exp.run(Naive())                     # doctest: +SKIP
+>>> exp.save(result)                              # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .benchmark import Benchmark
+from .config import Profile, get_profile
+from .data import lm_benchmark
+from .methods import Method
+from .models import BaseModel, default_device, load_base
+from .plotting import save_figure
+from .repro import set_seed
+from .results import save_results
+from .stream import StreamResult, run_joint, run_stream
+
+__all__ = ["Experiment", "setup", "BENCHMARKS"]
+
+BENCHMARKS = ("lm",)  # the classification benchmark joins later
+
+
+@dataclass
+class Experiment:
+    profile: Profile
+    seed: int
+    base: BaseModel
+    benchmark: Benchmark
+    device: torch.device
+    progress: bool = True
+
+    def fresh_model(self) -> torch.nn.Module:
+        """An independent copy of the pretrained base model, on ``device``."""
+        return self.base.fresh(self.device)
+
+    def run(self, method: Method) -> StreamResult:
+        """Train ``method`` over the stream, starting from a fresh base model."""
+        return run_stream(self.fresh_model(), self.benchmark, method, self.profile.finetune, seed=self.seed,
+                          eval_batch_size=self.profile.eval_batch_size, progress=self.progress)
+
+    def run_joint(self) -> StreamResult:
+        """The multitask upper bound on the same budget."""
+        return run_joint(self.fresh_model(), self.benchmark, self.profile.finetune, seed=self.seed,
+                         eval_batch_size=self.profile.eval_batch_size, progress=self.progress)
+
+    def save(self, result: StreamResult, **extra: Any) -> Path:
+        return save_results(result, profile=self.profile, benchmark=self.benchmark.name, seed=self.seed,
+                            extra=extra or None)
+
+    def save_figure(self, fig, name: str) -> Path:
+        """``figures/<profile>/<benchmark>__<name>[__seed<k>].png``"""
+        suffix = "" if self.seed == 0 else f"__seed{self.seed}"
+        return save_figure(fig, self.profile.name, f"{self.benchmark.name}__{name}{suffix}")
+
+
+def setup(profile: str, *, seed: int, benchmark: str = "lm", overrides: dict[str, Any] | None = None,
+          progress: bool = True) -> Experiment:
+    """Validate the notebook parameters, load (or pretrain once) the base model and build the benchmark."""
+    prof = get_profile(profile, overrides)
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; valid: {list(BENCHMARKS)}")
+    set_seed(seed)
+    base = load_base(prof, progress=progress)
+    bench = lm_benchmark(prof, base.tokenizer, base.tokenizer_key)
+    return Experiment(prof, seed, base, bench, default_device(), progress)

@@ -1,0 +1,59 @@
+"""The one small interface every continual-learning method implements (cf. mammoth's ``observe``/``end_task``).
+
+The stream runner (:mod:`cl_utils.stream`) calls, in order::
+
+    model = method.prepare(model)                       # once, e.g. wrap with adapters
+    for task_id, task in enumerate(benchmark.tasks):
+        method.begin_task(model, task_id, task)         # e.g. add a prompt or an adapter
+        train on: method.forward(model, batch, task_id).loss + method.penalty(model, task_id)
+                  over method.parameters(model, task_id)
+        method.end_task(model, task_id, task, benchmark)  # e.g. compute a Fisher, freeze a prompt
+        evaluate every column j with method.forward(model, batch, j)  (j=None: an extra column)
+
+EWC, Progressive Prompts and LoRA subclass :class:`Method` in their own modules.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .benchmark import Benchmark, Task
+
+__all__ = ["Method", "Naive"]
+
+
+class Method:
+    """Plain fine-tuning of every trainable parameter. Subclasses override only what they change."""
+
+    name = "naive"
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Called once before the stream; may return a wrapped model."""
+        return model
+
+    def begin_task(self, model: torch.nn.Module, task_id: int, task: Task) -> None:
+        """Called before training task ``task_id``."""
+
+    def parameters(self, model: torch.nn.Module, task_id: int) -> list[torch.nn.Parameter]:
+        """What the optimiser of task ``task_id`` updates (a fresh AdamW per task)."""
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], task_id: int | None) -> Any:
+        """Model output for ``batch`` as task ``task_id`` (None: no task identity, e.g. the pretraining column)."""
+        return model(**batch)
+
+    def penalty(self, model: torch.nn.Module, task_id: int) -> torch.Tensor | None:
+        """Regulariser added to the task loss (None: nothing)."""
+        return None
+
+    def end_task(self, model: torch.nn.Module, task_id: int, task: Task, benchmark: Benchmark) -> None:
+        """Called after training task ``task_id``, before it is evaluated."""
+
+    def describe(self) -> dict[str, Any]:
+        """Hyper-parameters recorded in the results file."""
+        return {}
+
+
+class Naive(Method):
+    """Sequential fine-tuning with no protection against forgetting: the baseline."""

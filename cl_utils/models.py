@@ -1,0 +1,122 @@
+"""The base language model every method starts from, and its tokenizer.
+
+``embedded``/``smoke``: a small ``GPT2LMHeadModel`` built from a ``GPT2Config`` and pretrained here on
+the pretraining corpus, with a byte-level BPE trained on that corpus alone. Both are cached under
+``runs/cache/`` keyed by a hash of everything that shapes them, so only the first notebook pays.
+
+``gpt2``: ``from_pretrained`` on the hub name (or a local directory written by ``save_pretrained``).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel,
+                          PreTrainedTokenizerBase, PreTrainedTokenizerFast)
+
+from transformers.utils import logging as hf_logging
+
+from .cache import atomic_write_json, cached_dir
+from .config import Profile, fingerprint
+from .corpora import load_documents
+from .evaluation import lm_score
+from .hub import require_hub
+from .paths import cache_dir
+from .repro import set_seed
+from .tokenizer import train_bpe
+from .training import train_steps
+
+# Loading a 1M-parameter model needs no progress bar; ours (tqdm in training) are the ones that matter.
+hf_logging.disable_progress_bar()
+
+__all__ = ["BaseModel", "load_base", "default_device", "count_parameters"]
+
+_MODEL_VERSION = 1  # bump when pretraining code changes, to invalidate cached base models
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+@dataclass
+class BaseModel:
+    """A pretrained starting point: call :meth:`fresh` for an independent copy of the model."""
+
+    source: str  # a directory written by save_pretrained, or a hub name
+    tokenizer: PreTrainedTokenizerBase
+    tokenizer_key: str  # identifies the tokenizer in data-cache keys
+    info: dict[str, Any] = field(default_factory=dict)  # pretraining losses and timings (embedded/smoke)
+
+    def fresh(self, device: torch.device | None = None) -> PreTrainedModel:
+        return _causal_lm_loss(AutoModelForCausalLM.from_pretrained(self.source)).to(device or default_device())
+
+
+def _causal_lm_loss(model: PreTrainedModel) -> PreTrainedModel:
+    """Name the loss explicitly: transformers 5 warns on every model whose ``loss_type`` is unset."""
+    if getattr(model, "loss_type", None) is None:
+        model.loss_type = "ForCausalLM"
+    return model
+
+
+def _gpt2_config(profile: Profile, tokenizer: PreTrainedTokenizerBase) -> GPT2Config:
+    m = profile.model
+    return GPT2Config(vocab_size=len(tokenizer), n_positions=m.n_positions, n_embd=m.n_embd, n_layer=m.n_layer,
+                      n_head=m.n_head, resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout,
+                      bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+
+
+def _tokenizer(profile: Profile) -> tuple[PreTrainedTokenizerFast, str]:
+    key = fingerprint(profile.pretrain_corpus, profile.model.vocab_size, _MODEL_VERSION)
+
+    def build(tmp: Path) -> None:
+        train_docs, _ = load_documents(profile.pretrain_corpus)  # the eval documents never reach the tokenizer
+        train_bpe(train_docs, profile.model.vocab_size).save_pretrained(tmp)
+
+    path = cached_dir(cache_dir() / f"tokenizer-{key}", build)
+    return PreTrainedTokenizerFast.from_pretrained(path), key
+
+
+def load_base(profile: Profile, *, progress: bool = True) -> BaseModel:
+    """Return the profile's pretrained base model, pretraining and caching it on first use."""
+    if profile.model.kind == "hub":
+        name = profile.model.hub_name
+        require_hub(name, what=f"model {name!r}")
+        return BaseModel(name, AutoTokenizer.from_pretrained(name), fingerprint(name))
+
+    from .data import load_lm_corpus  # data imports evaluation; kept local to keep import order simple
+
+    tokenizer, tok_key = _tokenizer(profile)
+    key = fingerprint(profile.model, profile.pretrain, profile.pretrain_corpus, profile.block_size,
+                      profile.pretrain_seed, tok_key, _MODEL_VERSION)
+    device = default_device()
+
+    def build(tmp: Path) -> None:
+        assert profile.pretrain is not None
+        task = load_lm_corpus(profile.pretrain_corpus, tokenizer, profile.block_size, tok_key)
+        set_seed(profile.pretrain_seed)
+        model = _causal_lm_loss(GPT2LMHeadModel(_gpt2_config(profile, tokenizer))).to(device)
+        gen = torch.Generator().manual_seed(profile.pretrain_seed)
+        loader = torch.utils.data.DataLoader(task.train, batch_size=profile.pretrain.batch_size, shuffle=True,
+                                             generator=gen)
+        model.train()
+        log = train_steps(lambda b: model(**b).loss, model.parameters(), loader, profile.pretrain, device=device,
+                          desc=f"pretrain on {task.name}", progress=progress)
+        model.eval()
+        eval_loader = torch.utils.data.DataLoader(task.eval, batch_size=profile.eval_batch_size)
+        score = lm_score(lambda b: model(**{k: v.to(device) for k, v in b.items()}), eval_loader)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "pretraining.json", {
+            "corpus": task.name, "steps": profile.pretrain.steps, "seconds": log.seconds, "losses": log.losses,
+            "eval_score": score, "parameters": count_parameters(model), "train_tokens": task.info["train_tokens"]})
+
+    path = cached_dir(cache_dir() / f"base-{profile.name}-{key}", build)
+    info = json.loads((path / "pretraining.json").read_text())
+    return BaseModel(str(path), tokenizer, tok_key, info)

@@ -1,0 +1,98 @@
+"""Results files: one JSON per (benchmark, method, seed) under ``runs/<profile>/results/``.
+
+Name: ``<benchmark>__<method>.json`` for seed 0 and ``<benchmark>__<method>__seed<k>.json`` otherwise.
+Every file holds profile, benchmark, method, seed, tasks, R, b, the extra columns, metrics,
+trainable_params, train_seconds and package versions. Writes are atomic.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cache import atomic_write_json
+from .config import Profile, profile_dict
+from .paths import results_dir
+from .repro import package_versions
+from .stream import StreamResult
+
+__all__ = ["results_path", "save_results", "load_results", "result_from_dict", "metrics_table"]
+
+_NAME = re.compile(r"^[a-z0-9_]+$")
+
+
+def results_path(profile: str, benchmark: str, method: str, seed: int) -> Path:
+    for what, value in (("benchmark", benchmark), ("method", method)):
+        if not _NAME.match(value):
+            raise ValueError(f"{what} name {value!r} must be lower-case letters, digits and '_'")
+    suffix = "" if seed == 0 else f"__seed{seed}"
+    return results_dir(profile) / f"{benchmark}__{method}{suffix}.json"
+
+
+def _nan_to_none(a: np.ndarray) -> list:
+    return [[None if math.isnan(x) else float(x) for x in row] for row in np.atleast_2d(a)]
+
+
+def save_results(result: StreamResult, *, profile: Profile, benchmark: str, seed: int,
+                 extra: dict[str, Any] | None = None) -> Path:
+    """Write ``result`` atomically and return the path."""
+    T = len(result.tasks)
+    data = {
+        "profile": profile.name, "benchmark": benchmark, "method": result.method, "seed": seed,
+        "tasks": result.tasks, "extra_columns": result.extra,
+        "R": _nan_to_none(result.R), "b": _nan_to_none(result.b)[0],
+        "extra_scores": {name: [None if math.isnan(x) else float(x) for x in result.scores[:, T + k]]
+                         for k, name in enumerate(result.extra)},
+        "metrics": result.metrics(), "trainable_params": result.trainable_params,
+        "total_params": result.total_params, "train_seconds": result.train_seconds,
+        "hparams": result.hparams, "losses": result.losses, "versions": package_versions(),
+        "profile_config": profile_dict(profile), **(extra or {}),
+    }
+    return atomic_write_json(results_path(profile.name, benchmark, result.method, seed), data)
+
+
+def result_from_dict(data: dict[str, Any]) -> StreamResult:
+    """Rebuild a :class:`StreamResult` (scores with NaN for missing rows) from a results file's data."""
+    T = len(data["tasks"])
+    to_f = lambda v: float("nan") if v is None else float(v)  # noqa: E731
+    rows = [[to_f(v) for v in data["b"]]] + [[to_f(v) for v in row] for row in data["R"]]
+    extra = [[to_f(v) for v in data["extra_scores"][name]] for name in data["extra_columns"]]
+    scores = np.array([row + [col[i] for col in extra] for i, row in enumerate(rows)])
+    assert scores.shape == (T + 1, T + len(extra))
+    return StreamResult(data["method"], data["tasks"], data["extra_columns"], scores, data["train_seconds"],
+                        data["trainable_params"], data["total_params"], data.get("losses", []),
+                        data.get("hparams", {}))
+
+
+def load_results(profile: str, benchmark: str | None = None, method: str | None = None) -> list[dict[str, Any]]:
+    """Every results file of ``profile`` (optionally one benchmark / method), sorted by name."""
+    out = []
+    for path in sorted(results_dir(profile).glob("*.json")):
+        data = json.loads(path.read_text())
+        if (benchmark is None or data["benchmark"] == benchmark) and (method is None or data["method"] == method):
+            out.append(data)
+    return out
+
+
+def metrics_table(results: list[StreamResult], *, perplexity: bool = True):
+    """One row per method: ACC, BWT, FWT, forgetting, final perplexity per column, parameters, time.
+
+    For the LM benchmark the metrics are in nats/token (score = -NLL) and ``ppl <task>`` is exp(NLL)
+    after the whole stream.
+    """
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        row: dict[str, Any] = {"method": r.method, **r.metrics()}
+        final = r.scores[-1]
+        for name, s in zip([*r.tasks, *r.extra], final):
+            row[f"ppl {name}" if perplexity else name] = math.exp(-s) if perplexity else s
+        row["trainable params"] = r.trainable_params
+        row["train s"] = round(r.train_seconds, 1)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("method")

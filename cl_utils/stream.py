@@ -1,0 +1,136 @@
+"""The stream runner: train a method task after task and score every column after each one.
+
+The result is a score matrix with one row before the stream and one row after each task:
+``scores[0]`` is the untouched base model (``b``), ``scores[i + 1, j]`` is column ``j`` after training
+task ``i`` (``R[i, j]`` for the stream tasks; the extra columns come last).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
+
+from .benchmark import Benchmark
+from .config import TrainSpec
+from .methods import Method
+from .metrics import summary
+from .models import count_parameters
+from .repro import set_seed
+from .training import autocast, move, train_steps
+
+__all__ = ["StreamResult", "evaluate_columns", "run_stream", "run_joint"]
+
+
+@dataclass
+class StreamResult:
+    method: str
+    tasks: list[str]  # stream task names, in order
+    extra: list[str]  # evaluation-only column names
+    scores: np.ndarray  # (T + 1, T + E); NaN where a row was not evaluated (joint training)
+    train_seconds: float
+    trainable_params: int  # distinct parameters (elements) trained at some point of the stream
+    total_params: int
+    losses: list[list[float]] = field(default_factory=list)  # per task, the loss of every step
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def R(self) -> np.ndarray:
+        return self.scores[1:, : len(self.tasks)]
+
+    @property
+    def b(self) -> np.ndarray:
+        return self.scores[0, : len(self.tasks)]
+
+    def metrics(self) -> dict[str, float | None]:
+        """ACC, BWT, FWT and forgetting; only ACC where intermediate rows were not evaluated."""
+        if np.isnan(self.R[:-1]).any():
+            return {"ACC": float(self.R[-1].mean()), "BWT": None, "FWT": None, "forgetting": None}
+        return summary(self.R, self.b)
+
+
+def evaluate_columns(model: torch.nn.Module, method: Method, benchmark: Benchmark, *, batch_size: int,
+                     device: torch.device) -> list[float]:
+    """Score every stream task (as its own task id) and every extra column (task id None)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    ids: list[int | None] = [*range(len(benchmark.tasks)), *([None] * len(benchmark.extra))]
+    for task_id, task in zip(ids, benchmark.columns):
+        def forward(batch, task_id=task_id):
+            with autocast(device):
+                return method.forward(model, move(batch, device), task_id)
+        out.append(benchmark.score(forward, benchmark.loader(task.eval, batch_size)))
+    model.train(was_training)
+    return out
+
+
+def _before(model, benchmark, batch_size, device) -> list[float]:
+    return evaluate_columns(model, Method(), benchmark, batch_size=batch_size, device=device)
+
+
+def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spec: TrainSpec, *, seed: int,
+               eval_batch_size: int = 32, progress: bool = True) -> StreamResult:
+    """Train ``method`` on each task of ``benchmark`` in turn, scoring all columns after each task."""
+    device = next(model.parameters()).device
+    set_seed(seed)
+    rows = [_before(model, benchmark, eval_batch_size, device)]
+    model = method.prepare(model)
+    trained: dict[int, int] = {}
+    losses, seconds = [], 0.0
+    T = len(benchmark.tasks)
+    for task_id, task in enumerate(benchmark.tasks):
+        method.begin_task(model, task_id, task)
+        params = method.parameters(model, task_id)
+        trained.update({id(p): p.numel() for p in params})
+
+        def loss_fn(batch, task_id=task_id):
+            loss = method.forward(model, batch, task_id).loss
+            extra = method.penalty(model, task_id)
+            return loss if extra is None else loss + extra
+
+        model.train()
+        log = train_steps(loss_fn, params, benchmark.loader(task.train, spec.batch_size, shuffle=True,
+                                                            seed=seed * 1000 + task_id),
+                          spec, device=device, desc=f"{method.name} · task {task_id + 1}/{T} ({task.name})",
+                          progress=progress)
+        method.end_task(model, task_id, task, benchmark)
+        losses.append(log.losses)
+        seconds += log.seconds
+        rows.append(evaluate_columns(model, method, benchmark, batch_size=eval_batch_size, device=device))
+    return StreamResult(method.name, [t.name for t in benchmark.tasks], [t.name for t in benchmark.extra],
+                        np.array(rows), seconds, sum(trained.values()), count_parameters(model), losses,
+                        method.describe())
+
+
+def run_joint(model: torch.nn.Module, benchmark: Benchmark, spec: TrainSpec, *, seed: int,
+              eval_batch_size: int = 32, progress: bool = True) -> StreamResult:
+    """Multitask upper bound: one run on the union of all tasks, with the stream's total budget.
+
+    Batches draw every task equally often (as the stream does), whatever the tasks' sizes.
+
+    Only the final row of R exists (the model never sees the tasks one by one), so BWT, FWT and
+    forgetting are undefined for it.
+    """
+    device = next(model.parameters()).device
+    set_seed(seed)
+    T = len(benchmark.tasks)
+    before = _before(model, benchmark, eval_batch_size, device)
+    union = ConcatDataset([t.train for t in benchmark.tasks])
+    weights = torch.cat([torch.full((len(t.train),), 1.0 / len(t.train)) for t in benchmark.tasks])
+    sampler = WeightedRandomSampler(weights, num_samples=len(union), replacement=True,
+                                    generator=torch.Generator().manual_seed(seed * 1000))
+    loader = DataLoader(union, batch_size=spec.batch_size, sampler=sampler, collate_fn=benchmark.collate)
+    budget = TrainSpec(**{**spec.__dict__, "steps": spec.steps * T})
+    method = Method()
+    model.train()
+    log = train_steps(lambda b: model(**b).loss, method.parameters(model, 0), loader, budget, device=device,
+                      desc=f"joint · {T} tasks", progress=progress)
+    final = evaluate_columns(model, method, benchmark, batch_size=eval_batch_size, device=device)
+    nan = [float("nan")] * len(final)
+    return StreamResult("joint", [t.name for t in benchmark.tasks], [t.name for t in benchmark.extra],
+                        np.array([before, *([nan] * (T - 1)), final]), log.seconds,
+                        count_parameters(model, trainable_only=True), count_parameters(model), [log.losses],
+                        {"steps": budget.steps})

@@ -1,0 +1,91 @@
+"""A generic training loop: AdamW, warm-up + cosine schedule, gradient clipping, tqdm progress.
+
+Nothing here knows about GPT-2 or about continual learning: the caller passes a ``loss_fn(batch)``
+(a method's forward plus its penalty) and the parameters to optimise.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+from .config import TrainSpec
+
+# Plain-text bars (not widgets): they read the same in JupyterLab, in papermill's log and in saved notebooks.
+from tqdm import tqdm
+
+__all__ = ["TrainLog", "train_steps", "move", "autocast"]
+
+
+@dataclass
+class TrainLog:
+    losses: list[float] = field(default_factory=list)  # training loss of every step
+    seconds: float = 0.0  # wall-clock time of the loop
+
+
+def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def autocast(device: torch.device):
+    """bf16 mixed precision on CUDA; a no-op on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _forever(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
+    while True:
+        yielded = False
+        for batch in loader:
+            yielded = True
+            yield batch
+        if not yielded:
+            raise ValueError("the training split is empty")
+
+
+def _lr_lambda(spec: TrainSpec) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < spec.warmup_steps:
+            return (step + 1) / spec.warmup_steps
+        progress = (step - spec.warmup_steps) / max(1, spec.steps - spec.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))  # cosine down to 10 %
+    return f
+
+
+def train_steps(loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], params: Iterable[torch.nn.Parameter],
+                loader: DataLoader, spec: TrainSpec, *, device: torch.device, desc: str = "train",
+                progress: bool = True) -> TrainLog:
+    """Run ``spec.steps`` optimiser steps of ``loss_fn`` over ``loader`` (cycled as often as needed)."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: no parameter requires grad")
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(spec))
+    log = TrainLog()
+    start = time.perf_counter()
+    batches = _forever(loader)
+    bar = tqdm(range(spec.steps), desc=desc, disable=not progress, mininterval=2.0,
+               dynamic_ncols=False, ncols=100)
+    for _ in bar:
+        batch = move(next(batches), device)
+        with autocast(device):
+            loss = loss_fn(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: the loss became {loss.item()} at step {len(log.losses)}; "
+                                     f"lower the learning rate (now {spec.lr})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if spec.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
+        opt.step()
+        sched.step()
+        log.losses.append(loss.item())
+        bar.set_postfix(loss=f"{log.losses[-1]:.3f}", refresh=False)
+    log.seconds = time.perf_counter() - start
+    return log

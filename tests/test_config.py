@@ -1,0 +1,44 @@
+"""Profiles: typed, validated, and overridable with dotted keys."""
+import pytest
+
+from cl_utils.config import PROFILES, get_profile
+
+
+def test_known_profiles_and_default_sizes():
+    assert {"embedded", "smoke", "gpt2"} <= set(PROFILES)
+    emb = get_profile("embedded")
+    assert emb.model.kind == "gpt2_config" and emb.task_names == ["news", "social", "technical"]
+    assert emb.pretrain_corpus.source == "gensim_wiki"
+    assert get_profile("gpt2").model.hub_name == "gpt2"
+
+
+def test_unknown_profile_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown profile 'nope'.*embedded.*gpt2.*smoke"):
+        get_profile("nope")
+
+
+def test_overrides_apply_and_do_not_mutate_the_registry():
+    p = get_profile("smoke", {"finetune.steps": 3, "stream.news.max_train_tokens": 999, "block_size": 16})
+    assert p.finetune.steps == 3 and p.block_size == 16
+    assert p.stream[0].max_train_tokens == 999
+    assert get_profile("smoke").finetune.steps != 3
+
+
+@pytest.mark.parametrize("key,match", [
+    ("finetune.stepz", r"TrainSpec has \[.*'steps'"),
+    ("colour", r"Profile has \["),
+    ("stream.poetry.steps", r"task one of \['news', 'social', 'technical'\]"),
+    ("block_size.x", "plain value"),
+])
+def test_unknown_fields_raise_with_the_valid_names(key, match):
+    with pytest.raises(ValueError, match=match):
+        get_profile("smoke", {key: 1})
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("finetune.steps", 0, "steps"), ("finetune.lr", -1.0, "lr"), ("model.n_head", 3, "divisible"),
+    ("block_size", 10_000, "n_positions"), ("stream.news.eval_fraction", 1.5, "eval_fraction"),
+])
+def test_bad_values_are_refused(key, value, match):
+    with pytest.raises(ValueError, match=match):
+        get_profile("smoke", {key: value})

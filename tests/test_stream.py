@@ -1,0 +1,74 @@
+"""The stream runner, results files and the base-model cache."""
+import json
+
+import numpy as np
+import pytest
+
+from cl_utils.config import TrainSpec, get_profile
+from cl_utils.methods import Naive
+from cl_utils.models import load_base
+from cl_utils.results import load_results, result_from_dict, results_path, save_results
+from cl_utils.stream import run_joint, run_stream
+
+from .conftest import make_tiny_model
+
+SPEC = TrainSpec(steps=6, batch_size=4, lr=3e-3, warmup_steps=1)
+
+
+def test_stream_shapes_and_rows(tiny_tokenizer, tiny_benchmark):
+    r = run_stream(make_tiny_model(tiny_tokenizer), tiny_benchmark, Naive(), SPEC, seed=0, progress=False)
+    T, E = len(tiny_benchmark.tasks), len(tiny_benchmark.extra)
+    assert r.scores.shape == (T + 1, T + E) and r.R.shape == (T, T) and r.b.shape == (T,)
+    assert np.isfinite(r.scores).all()
+    assert r.R[0, 0] > r.b[0]  # training task 0 improved it
+    assert len(r.losses) == T and all(len(l) == SPEC.steps for l in r.losses)
+    assert r.trainable_params == r.total_params
+    assert set(r.metrics()) == {"ACC", "BWT", "FWT", "forgetting"}
+
+
+def test_same_seed_same_matrix_other_seed_other_matrix(tiny_tokenizer, tiny_benchmark):
+    run = lambda seed: run_stream(make_tiny_model(tiny_tokenizer), tiny_benchmark, Naive(), SPEC, seed=seed,
+                                  progress=False).scores
+    a, b, c = run(0), run(0), run(1)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_joint_has_only_a_final_row(tiny_tokenizer, tiny_benchmark):
+    r = run_joint(make_tiny_model(tiny_tokenizer), tiny_benchmark, SPEC, seed=0, progress=False)
+    assert np.isnan(r.R[:-1]).all() and np.isfinite(r.R[-1]).all()
+    m = r.metrics()
+    assert m["ACC"] == pytest.approx(r.R[-1].mean()) and m["BWT"] is None and m["forgetting"] is None
+    assert r.hparams["steps"] == SPEC.steps * len(tiny_benchmark.tasks)
+
+
+def test_results_round_trip_and_schema(tiny_tokenizer, tiny_benchmark):
+    profile = get_profile("smoke")
+    r = run_stream(make_tiny_model(tiny_tokenizer), tiny_benchmark, Naive(), SPEC, seed=3, progress=False)
+    path = save_results(r, profile=profile, benchmark="lm", seed=3)
+    assert path == results_path("smoke", "lm", "naive", 3) and path.name == "lm__naive__seed3.json"
+    data = json.loads(path.read_text())
+    for key in ("profile", "benchmark", "method", "tasks", "R", "b", "metrics", "trainable_params",
+                "train_seconds", "seed", "versions"):
+        assert key in data
+    assert data["seed"] == 3 and data["versions"]["torch"].startswith("2.13.0")
+    np.testing.assert_allclose(result_from_dict(data).scores, r.scores)
+    assert [d["seed"] for d in load_results("smoke", "lm", "naive")] == [3]
+    assert not list(path.parent.glob("*.tmp"))
+    with pytest.raises(ValueError, match="lower-case"):
+        results_path("smoke", "lm", "Naive EWC", 0)
+
+
+def test_base_model_is_pretrained_once_then_loaded_from_cache(monkeypatch):
+    profile = get_profile("smoke", {"pretrain.steps": 3, "finetune.steps": 2})
+    first = load_base(profile, progress=False)
+    import cl_utils.models as models
+
+    def boom(*a, **k):
+        raise AssertionError("pretraining ran again although the base model is cached")
+
+    monkeypatch.setattr(models, "train_steps", boom)
+    second = load_base(profile, progress=False)
+    assert second.source == first.source and second.info == first.info
+    assert first.info["steps"] == 3
+    assert second.tokenizer.pad_token is None
