@@ -42,7 +42,8 @@ def test_joint_has_only_a_final_row(tiny_tokenizer, tiny_benchmark):
     assert r.hparams["steps"] == SPEC.steps * len(tiny_benchmark.tasks)
 
 
-def test_results_round_trip_and_schema(tiny_tokenizer, tiny_benchmark):
+def test_results_round_trip_and_schema(tiny_tokenizer, tiny_benchmark, tmp_path, monkeypatch):
+    monkeypatch.setenv("CL_RUNS_DIR", str(tmp_path))
     profile = get_profile("smoke")
     r = run_stream(make_tiny_model(tiny_tokenizer), tiny_benchmark, Naive(), SPEC, seed=3, progress=False)
     path = save_results(r, profile=profile, benchmark="lm", seed=3)
