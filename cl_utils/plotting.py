@@ -26,12 +26,16 @@ def plot_matrix(r: StreamResult, ax=None, *, perplexity: bool = True, vmin: floa
     """
     import seaborn as sns
 
+    from matplotlib.colors import LogNorm
+
     values = np.exp(-r.scores) if perplexity else r.scores
+    norm = LogNorm(vmin or np.nanmin(values), vmax or np.nanmax(values)) if perplexity else None
     ax = ax or plt.subplots(figsize=(1.4 * values.shape[1] + 2, 0.6 * values.shape[0] + 1.5))[1]
-    sns.heatmap(values, ax=ax, annot=True, fmt=".1f" if perplexity else ".2f", cbar=cbar, vmin=vmin, vmax=vmax,
+    sns.heatmap(values, ax=ax, annot=True, fmt=".1f" if perplexity else ".2f", cbar=cbar, norm=norm,
+                vmin=None if perplexity else vmin, vmax=None if perplexity else vmax,
                 cmap="rocket_r" if perplexity else "rocket", xticklabels=[*r.tasks, *r.extra],
                 yticklabels=_row_labels(r), mask=np.isnan(values), linewidths=0.5, linecolor="white",
-                cbar_kws={"label": "perplexity" if perplexity else "score"} if cbar else None)
+                cbar_kws={"label": "perplexity (log scale)" if perplexity else "score"} if cbar else None)
     if r.extra:
         ax.axvline(len(r.tasks), color="white", lw=4)
     ax.set_xlabel("evaluated on")

@@ -73,3 +73,19 @@ def test_base_model_is_pretrained_once_then_loaded_from_cache(monkeypatch):
     assert second.source == first.source and second.info == first.info
     assert first.info["steps"] == 3
     assert second.tokenizer.pad_token is None
+
+
+def test_smoke_profile_same_seed_gives_identical_R():
+    from cl_utils.experiment import setup
+
+    exp = setup("smoke", seed=0, progress=False)
+    first, second = exp.run(Naive()), exp.run(Naive())
+    np.testing.assert_array_equal(first.scores, second.scores)
+    assert first.R.shape == (3, 3)
+
+
+def test_setup_rejects_unknown_benchmark():
+    from cl_utils.experiment import setup
+
+    with pytest.raises(ValueError, match=r"unknown benchmark 'vision'; valid: \['lm'\]"):
+        setup("smoke", seed=0, benchmark="vision")
