@@ -15,11 +15,11 @@ import torch
 from .benchmark import Benchmark
 from .config import Profile, get_profile
 from .data import lm_benchmark
-from .methods import Method
+from .methods import Method, Naive
 from .models import BaseModel, default_device, load_base
 from .plotting import save_figure
 from .repro import set_seed
-from .results import save_results
+from .results import load_result, save_results
 from .stream import StreamResult, run_joint, run_stream
 
 __all__ = ["Experiment", "setup", "BENCHMARKS"]
@@ -50,9 +50,24 @@ class Experiment:
         return run_joint(self.fresh_model(), self.benchmark, self.profile.finetune, seed=self.seed,
                          eval_batch_size=self.profile.eval_batch_size, progress=self.progress)
 
-    def save(self, result: StreamResult, **extra: Any) -> Path:
+    def save(self, result: StreamResult, *, sweep: str | None = None, **extra: Any) -> Path:
+        """Write ``result`` (atomically) to ``runs/<profile>/results/``; ``sweep`` files it under ``sweeps/``."""
         return save_results(result, profile=self.profile, benchmark=self.benchmark.name, seed=self.seed,
-                            extra=extra or None)
+                            extra=extra or None, sweep=sweep)
+
+    def baseline(self, method: str = "naive") -> StreamResult:
+        """A result saved by an earlier notebook (same profile, benchmark and seed); run here if missing."""
+        found = load_result(self.profile.name, self.benchmark.name, method, self.seed)
+        if found is not None:
+            return found
+        if method not in ("naive", "joint"):
+            raise FileNotFoundError(f"no saved {method!r} result for profile {self.profile.name!r}, seed {self.seed}: "
+                                    f"run the notebook that produces it first")
+        print(f"No saved {method!r} result for this profile and seed (01_baseline_forgetting has not run): "
+              f"running it here with the same code.")
+        result = self.run(Naive()) if method == "naive" else self.run_joint()
+        self.save(result)
+        return result
 
     def save_figure(self, fig, name: str) -> Path:
         """``figures/<profile>/<benchmark>__<name>[__seed<k>].png``"""

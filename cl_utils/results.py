@@ -20,16 +20,19 @@ from .paths import results_dir
 from .repro import package_versions
 from .stream import StreamResult
 
-__all__ = ["results_path", "save_results", "load_results", "result_from_dict", "metrics_table"]
+__all__ = ["results_path", "save_results", "load_results", "load_result", "result_from_dict", "metrics_table"]
 
 _NAME = re.compile(r"^[a-z0-9_]+$")
 
 
-def results_path(profile: str, benchmark: str, method: str, seed: int) -> Path:
-    for what, value in (("benchmark", benchmark), ("method", method)):
+def results_path(profile: str, benchmark: str, method: str, seed: int, *, sweep: str | None = None) -> Path:
+    """Where a result lives; ``sweep`` (e.g. ``"lam100"``) files a sweep point under ``results/sweeps/``."""
+    for what, value in (("benchmark", benchmark), ("method", method), ("sweep", sweep or "x")):
         if not _NAME.match(value):
             raise ValueError(f"{what} name {value!r} must be lower-case letters, digits and '_'")
     suffix = "" if seed == 0 else f"__seed{seed}"
+    if sweep:
+        return results_dir(profile) / "sweeps" / f"{benchmark}__{method}__{sweep}{suffix}.json"
     return results_dir(profile) / f"{benchmark}__{method}{suffix}.json"
 
 
@@ -38,7 +41,7 @@ def _nan_to_none(a: np.ndarray) -> list:
 
 
 def save_results(result: StreamResult, *, profile: Profile, benchmark: str, seed: int,
-                 extra: dict[str, Any] | None = None) -> Path:
+                 extra: dict[str, Any] | None = None, sweep: str | None = None) -> Path:
     """Write ``result`` atomically and return the path."""
     T = len(result.tasks)
     data = {
@@ -52,7 +55,7 @@ def save_results(result: StreamResult, *, profile: Profile, benchmark: str, seed
         "hparams": result.hparams, "losses": result.losses, "versions": package_versions(),
         "profile_config": profile_dict(profile), **(extra or {}),
     }
-    return atomic_write_json(results_path(profile.name, benchmark, result.method, seed), data)
+    return atomic_write_json(results_path(profile.name, benchmark, result.method, seed, sweep=sweep), data)
 
 
 def result_from_dict(data: dict[str, Any]) -> StreamResult:
@@ -68,14 +71,25 @@ def result_from_dict(data: dict[str, Any]) -> StreamResult:
                         data.get("hparams", {}))
 
 
-def load_results(profile: str, benchmark: str | None = None, method: str | None = None) -> list[dict[str, Any]]:
-    """Every results file of ``profile`` (optionally one benchmark / method), sorted by name."""
+def load_results(profile: str, benchmark: str | None = None, method: str | None = None, *,
+                 sweeps: bool = False) -> list[dict[str, Any]]:
+    """Every results file of ``profile`` (optionally one benchmark / method), sorted by name.
+
+    ``sweeps=True`` reads the sweep points under ``results/sweeps/`` instead of the main results.
+    """
     out = []
-    for path in sorted(results_dir(profile).glob("*.json")):
+    folder = results_dir(profile) / "sweeps" if sweeps else results_dir(profile)
+    for path in sorted(folder.glob("*.json")):
         data = json.loads(path.read_text())
         if (benchmark is None or data["benchmark"] == benchmark) and (method is None or data["method"] == method):
             out.append(data)
     return out
+
+
+def load_result(profile: str, benchmark: str, method: str, seed: int) -> StreamResult | None:
+    """The saved result of one method and seed, or None if that notebook has not run yet."""
+    path = results_path(profile, benchmark, method, seed)
+    return result_from_dict(json.loads(path.read_text())) if path.exists() else None
 
 
 def metrics_table(results: list[StreamResult], *, perplexity: bool = True):

@@ -89,3 +89,18 @@ def test_setup_rejects_unknown_benchmark():
 
     with pytest.raises(ValueError, match=r"unknown benchmark 'vision'; valid: \['lm'\]"):
         setup("smoke", seed=0, benchmark="vision")
+
+
+def test_sweep_points_are_filed_apart_and_load_result_finds_saved_runs(tiny_tokenizer, tiny_benchmark, tmp_path,
+                                                                       monkeypatch):
+    from cl_utils.results import load_result
+
+    monkeypatch.setenv("CL_RUNS_DIR", str(tmp_path))
+    profile = get_profile("smoke")
+    r = run_stream(make_tiny_model(tiny_tokenizer), tiny_benchmark, Naive(), SPEC, seed=0, progress=False)
+    assert load_result("smoke", "lm", "naive", 0) is None
+    sweep = save_results(r, profile=profile, benchmark="lm", seed=0, sweep="lam10")
+    assert sweep.parent.name == "sweeps" and sweep.name == "lm__naive__lam10.json"
+    assert load_results("smoke") == [] and len(load_results("smoke", sweeps=True)) == 1
+    save_results(r, profile=profile, benchmark="lm", seed=0)
+    np.testing.assert_array_equal(load_result("smoke", "lm", "naive", 0).scores, r.scores)
