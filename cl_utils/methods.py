@@ -2,7 +2,7 @@
 
 The stream runner (:mod:`cl_utils.stream`) calls, in order::
 
-    model = method.prepare(model)                       # once, e.g. wrap with adapters
+    model = method.prepare(model, benchmark)            # once: validate, freeze, wrap with adapters
     for task_id, task in enumerate(benchmark.tasks):
         method.begin_task(model, task_id, task)         # e.g. add a prompt or an adapter
         train on: method.forward(model, batch, task_id).loss + method.penalty(model, task_id)
@@ -28,8 +28,9 @@ class Method:
 
     name = "naive"
 
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Called once before the stream; may return a wrapped model."""
+    def prepare(self, model: torch.nn.Module, benchmark: Benchmark) -> torch.nn.Module:
+        """Called once before the stream, before any training: validate against the benchmark (raise
+        ``ValueError`` early), freeze what must not train, and return the model (possibly wrapped)."""
         return model
 
     def begin_task(self, model: torch.nn.Module, task_id: int, task: Task) -> None:

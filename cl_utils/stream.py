@@ -77,7 +77,7 @@ def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spe
     device = next(model.parameters()).device
     set_seed(seed)
     rows = [_before(model, benchmark, eval_batch_size, device)]
-    model = method.prepare(model)
+    model = method.prepare(model, benchmark)
     trained: dict[int, int] = {}
     losses, seconds = [], 0.0
     T = len(benchmark.tasks)
