@@ -20,7 +20,8 @@ from .paths import results_dir
 from .repro import package_versions
 from .stream import StreamResult
 
-__all__ = ["results_path", "save_results", "load_results", "load_result", "result_from_dict", "metrics_table"]
+__all__ = ["results_path", "save_results", "load_results", "load_result", "result_from_dict", "metrics_table",
+           "forgetting_table"]
 
 _NAME = re.compile(r"^[a-z0-9_]+$")
 
@@ -110,3 +111,19 @@ def metrics_table(results: list[StreamResult], *, perplexity: bool = True):
         row["train s"] = round(r.train_seconds, 1)
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")
+
+
+def forgetting_table(r: StreamResult):
+    """Per column: perplexity when it was best learned (right after its task; before the stream for the
+    extra columns) against the end of the stream, and the change in percent."""
+    import pandas as pd
+
+    T = len(r.tasks)
+    rows = []
+    for j, name in enumerate([*r.tasks, *r.extra]):
+        start = r.scores[j + 1, j] if j < T else r.scores[0, j]
+        label = name if j < T else f"{name} (pretraining)"
+        ppl_start, ppl_end = math.exp(-start), math.exp(-r.scores[-1, j])
+        rows.append({"evaluated on": label, "ppl after training it": ppl_start, "ppl at the end": ppl_end,
+                     "change %": 100 * (ppl_end / ppl_start - 1)})
+    return pd.DataFrame(rows).set_index("evaluated on")
