@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup reproduce test clean-runs help
+.PHONY: setup reproduce test bench clean-runs help
 
 help:
 	@sed -n '1,5p' Makefile
@@ -43,6 +43,10 @@ reproduce: setup
 
 test: setup
 	$(PY) -m pytest
+
+# Speed ratios of each method's pieces, measured in one run each (not timed tests).
+bench: setup
+	@for b in $(sort $(wildcard benchmarks/bench_*.py)); do echo "=== $$b"; $(PY) $$b || exit 1; done
 
 clean-runs:
 	rm -rf runs/

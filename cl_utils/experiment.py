@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,17 @@ class Experiment:
         """An independent copy of the pretrained base model, on ``device``."""
         return self.base.fresh(self.device)
 
-    def run(self, method: Method) -> StreamResult:
-        """Train ``method`` over the stream, starting from a fresh base model."""
-        return run_stream(self.fresh_model(), self.benchmark, method, self.profile.finetune, seed=self.seed,
-                          eval_batch_size=self.profile.eval_batch_size, progress=self.progress)
+    def run(self, method: Method, **train_overrides: Any) -> StreamResult:
+        """Train ``method`` over the stream, starting from a fresh base model.
+
+        ``train_overrides`` replace fields of the profile's fine-tuning budget for this method only, e.g.
+        ``lr=3e-2`` for prompt tuning (an unknown field raises ``TypeError``).
+        """
+        spec = dataclasses.replace(self.profile.finetune, **train_overrides)
+        result = run_stream(self.fresh_model(), self.benchmark, method, spec, seed=self.seed,
+                            eval_batch_size=self.profile.eval_batch_size, progress=self.progress)
+        result.hparams = {**result.hparams, **{f"train.{k}": v for k, v in train_overrides.items()}}
+        return result
 
     def run_joint(self) -> StreamResult:
         """The multitask upper bound on the same budget."""
