@@ -78,13 +78,13 @@ def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spe
     set_seed(seed)
     rows = [_before(model, benchmark, eval_batch_size, device)]
     model = method.prepare(model, benchmark)
-    trained: dict[int, int] = {}
+    trained: dict[int, torch.nn.Parameter] = {}  # holding the parameters keeps their ids unique
     losses, seconds = [], 0.0
     T = len(benchmark.tasks)
     for task_id, task in enumerate(benchmark.tasks):
         method.begin_task(model, task_id, task)
         params = method.parameters(model, task_id)
-        trained.update({id(p): p.numel() for p in params})
+        trained.update({id(p): p for p in params})
 
         def loss_fn(batch, task_id=task_id):
             loss = method.forward(model, batch, task_id).loss
@@ -101,8 +101,8 @@ def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spe
         seconds += log.seconds
         rows.append(evaluate_columns(model, method, benchmark, batch_size=eval_batch_size, device=device))
     return StreamResult(method.name, [t.name for t in benchmark.tasks], [t.name for t in benchmark.extra],
-                        np.array(rows), seconds, sum(trained.values()), count_parameters(model), losses,
-                        method.describe())
+                        np.array(rows), seconds, sum(p.numel() for p in trained.values()), count_parameters(model),
+                        losses, method.describe())
 
 
 def run_joint(model: torch.nn.Module, benchmark: Benchmark, spec: TrainSpec, *, seed: int,
