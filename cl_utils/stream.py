@@ -35,6 +35,7 @@ class StreamResult:
     total_params: int
     losses: list[list[float]] = field(default_factory=list)  # per task, the loss of every step
     hparams: dict[str, Any] = field(default_factory=dict)
+    model: Any = field(default=None, repr=False, compare=False)  # the trained (possibly wrapped) model; not saved
 
     @property
     def R(self) -> np.ndarray:
@@ -102,7 +103,7 @@ def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spe
         rows.append(evaluate_columns(model, method, benchmark, batch_size=eval_batch_size, device=device))
     return StreamResult(method.name, [t.name for t in benchmark.tasks], [t.name for t in benchmark.extra],
                         np.array(rows), seconds, sum(p.numel() for p in trained.values()), count_parameters(model),
-                        losses, method.describe())
+                        losses, method.describe(), model)
 
 
 def run_joint(model: torch.nn.Module, benchmark: Benchmark, spec: TrainSpec, *, seed: int,
@@ -133,4 +134,4 @@ def run_joint(model: torch.nn.Module, benchmark: Benchmark, spec: TrainSpec, *, 
     return StreamResult("joint", [t.name for t in benchmark.tasks], [t.name for t in benchmark.extra],
                         np.array([before, *([nan] * (T - 1)), final]), log.seconds,
                         count_parameters(model, trainable_only=True), count_parameters(model), [log.losses],
-                        {"steps": budget.steps})
+                        {"steps": budget.steps}, model)
