@@ -70,7 +70,7 @@ def train_steps(loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], para
     log = TrainLog()
     start = time.perf_counter()
     batches = _forever(loader)
-    bar = tqdm(range(spec.steps), desc=desc, disable=not progress, mininterval=2.0,
+    bar = tqdm(range(spec.steps), desc=desc, disable=not progress, mininterval=5.0,
                dynamic_ncols=False, ncols=100)
     for _ in bar:
         batch = move(next(batches), device)

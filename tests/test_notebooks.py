@@ -13,6 +13,9 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # What each notebook must leave behind on the smoke profile: results files and figures.
 EXPECTED = {
     "01_baseline_forgetting": (["lm__naive.json", "lm__joint.json"], ["lm__naive.png"]),
+    "02_ewc": (["lm__ewc.json", "lm__online_ewc.json"], ["lm__ewc.png", "lm__ewc_lambda_sweep.png"]),
+    "03_progressive_prompts": (["lm__progressive_prompts.json"], ["lm__progressive_prompts.png"]),
+    "04_lora": (["lm__lora_sequential.json", "lm__lora_per_task.json", "lm__olora.json"], ["lm__lora.png"]),
 }
 
 
