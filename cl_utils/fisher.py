@@ -1,0 +1,219 @@
+"""The diagonal Fisher information of a model's parameters, from per-example gradients.
+
+EWC (Kirkpatrick et al. 2017, "Overcoming catastrophic forgetting in neural networks", PNAS 114(13),
+eq. 3 and its supplement) weighs each parameter by the diagonal of the Fisher information::
+
+    F_i = E_x[ (d loss_x / d theta_i)^2 ]        loss_x: the loss of ONE example x
+
+estimated by the mean over N examples. The square is taken per example, *before* averaging. Squaring
+the gradient of a batch (or of a sum) instead gives ``(mean_x g_x)^2``, which drops the variance term
+``E[g^2] - E[g]^2``. At a trained optimum E[g] is close to 0, so that value is close to 0, and
+shrinks further as the batch grows. This is a common bug (ContinualAI/colab, GradientEpisodicMemory#7,
+pytorch-ewc#1).
+
+``kind="empirical"`` uses the data's labels; ``kind="true"`` samples the labels from the model's own
+predictive distribution, which gives the Fisher information proper (Martens 2020, "New insights and
+perspectives on the natural gradient method", section 11).
+
+Per-example gradients are vectorised with ``torch.func`` (``vmap(grad(loss))``), ``chunk_size`` rows
+at a time. Inside ``vmap``, transformers' 2-D mask utilities branch on tensor values and fail, so each
+row gets a precomputed 4-D additive mask ``(1, 1, L, L)`` instead: causal for decoders, with the padded
+keys masked. Rows must be right-padded (as :mod:`cl_utils.data` does), with ``labels=-100`` on the
+padding. Position ids come from the model, as in an ordinary batched forward.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch.func import functional_call, grad, vmap
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+from .training import move
+
+__all__ = ["diagonal_fisher", "sample_labels", "additive_mask", "is_causal_lm"]
+
+Batch = dict[str, torch.Tensor]
+_CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+KINDS = ("empirical", "true")
+
+
+def is_causal_lm(model: torch.nn.Module) -> bool:
+    """True when ``model`` (or a module inside a wrapper) is a causal LM: it shifts ``labels`` itself."""
+    return any(type(m).__name__ in _CAUSAL_LM_CLASSES for m in model.modules())
+
+
+def _causal_attention(model: torch.nn.Module) -> bool:
+    """True for decoders: self-attention modules flag ``is_causal`` (GPT-2, Llama, BERT as decoder)."""
+    config = getattr(model, "config", None)
+    return (is_causal_lm(model) or bool(getattr(config, "is_decoder", False))
+            or any(getattr(m, "is_causal", False) is True for m in model.modules()))
+
+
+def additive_mask(attention_mask: torch.Tensor, *, causal: bool, dtype: torch.dtype) -> torch.Tensor:
+    """4-D additive attention masks, ``(B, L)`` of 0/1 -> ``(B, 1, L, L)``; one row of it is ``(1, L, L)``,
+    which :func:`diagonal_fisher` passes as the ``(1, 1, L, L)`` mask of that row as a batch of one.
+
+    Entry ``[b, 0, q, k]`` is 0 where query ``q`` may attend to key ``k`` (``k`` is not padding and,
+    if ``causal``, ``k <= q``) and ``torch.finfo(dtype).min`` elsewhere.
+    """
+    B, L = attention_mask.shape
+    allowed = attention_mask.bool()[:, None, :].expand(B, L, L)
+    if causal:
+        allowed = allowed & torch.ones(L, L, dtype=torch.bool, device=attention_mask.device).tril()
+    mask = torch.zeros(B, 1, L, L, dtype=dtype, device=attention_mask.device)
+    return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+
+
+@torch.no_grad()
+def sample_labels(model: torch.nn.Module, batch: Batch, generator: torch.Generator, *,
+                  causal_lm: bool | None = None) -> torch.Tensor:
+    """Labels drawn from the model's predictive distribution, for the true Fisher.
+
+    Causal LM (logits ``(B, L, V)``): the label at position ``t + 1`` is drawn from ``softmax(logits[:, t])``,
+    since the model predicts ``labels[:, t + 1]`` from position ``t``; position 0 keeps the data label (the
+    model never scores it). Classification (logits ``(B, C)``): one label per row. Positions whose data
+    label is -100 stay -100, so padding stays ignored. Returns a tensor shaped like ``batch["labels"]``.
+    """
+    causal_lm = is_causal_lm(model) if causal_lm is None else causal_lm
+    labels = batch["labels"]
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.detach().float()
+    if causal_lm:
+        B, L, V = logits.shape
+        probs = logits[:, :-1].softmax(-1).reshape(-1, V)
+        drawn = torch.multinomial(probs, 1, generator=generator).view(B, L - 1)
+        out = labels.clone()
+        out[:, 1:] = torch.where(labels[:, 1:] == -100, labels[:, 1:], drawn)
+        return out
+    if logits.ndim != 2 or labels.shape != logits.shape[:1] or labels.is_floating_point():
+        raise ValueError(f'kind="true" needs a causal LM or single-label classification; got logits '
+                         f"{tuple(logits.shape)} and labels {tuple(labels.shape)} ({labels.dtype})")
+    drawn = torch.multinomial(logits.softmax(-1), 1, generator=generator).view(-1)
+    return torch.where(labels == -100, labels, drawn)
+
+
+def _scored_rows(labels: torch.Tensor, causal_lm: bool) -> torch.Tensor:
+    """``(B,)`` bool: rows with at least one label the loss counts (others have no loss, hence no gradient)."""
+    if labels.is_floating_point():  # regression / multi-label targets: every row counts
+        return torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device)
+    flat = labels.reshape(labels.shape[0], -1)
+    return (flat[:, 1:] if causal_lm else flat).ne(-100).any(1)
+
+
+def _per_row(batch: Batch) -> list[str]:
+    """Keys of the tensors with one entry per row (first dimension = number of labels rows)."""
+    B = batch["labels"].shape[0]
+    return [k for k, v in batch.items() if torch.is_tensor(v) and v.ndim and v.shape[0] == B]
+
+
+def _take_rows(batch: Batch, limit: int | None) -> Batch:
+    """Check the batch and keep its first ``limit`` rows (None: all)."""
+    if not isinstance(batch, Mapping) or "labels" not in batch:
+        keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
+        raise ValueError(f"every batch must be a dict with 'labels' (the loss is the model's own); got {keys}")
+    if limit is None:
+        return batch
+    per_row = _per_row(batch)
+    return {k: v[:limit] if k in per_row else v for k, v in batch.items()}
+
+
+def _split_rows(batch: Batch, *, causal_lm: bool, causal: bool, dtype: torch.dtype) -> tuple[Batch, dict]:
+    """The scored rows' per-row tensors, ``attention_mask`` made ``(n, 1, L, L)``; and the other entries."""
+    keep = _scored_rows(batch["labels"], causal_lm)
+    per_row = _per_row(batch)
+    rows = {k: batch[k][keep] for k in per_row}
+    if "attention_mask" in rows:
+        rows["attention_mask"] = additive_mask(rows["attention_mask"], causal=causal, dtype=dtype)
+    elif "input_ids" in rows:  # no padding, but the model must still get a 4-D mask
+        rows["attention_mask"] = additive_mask(torch.ones_like(rows["input_ids"]), causal=causal, dtype=dtype)
+    return rows, {k: v for k, v in batch.items() if k not in per_row}
+
+
+def _restore_modes(modes: list[tuple[torch.nn.Module, bool]]) -> None:
+    for module, training in modes:
+        module.training = training
+
+
+def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Batch], *, kind: str = "empirical",
+                    max_examples: int | None = None, chunk_size: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Diagonal Fisher ``F_i = mean_x (d loss_x / d theta_i)^2`` over the rows of ``batches``.
+
+    Args:
+        model: a transformers model, ``model(**batch).loss`` being its mean loss over the batch. It runs in
+            ``eval()`` mode (no dropout); every module's train/eval mode is restored afterwards.
+        batches: dicts of ``(B, ...)`` tensors with ``labels`` (e.g. ``input_ids``/``attention_mask``/``labels``
+            of shape ``(B, L)``, or ``labels`` of shape ``(B,)`` for classification). One row is one example;
+            its loss is ``model(**row).loss`` for that row alone. Rows the loss does not score at all (every
+            label -100) are skipped and not counted.
+        kind: ``"empirical"`` (data labels) or ``"true"`` (labels sampled from the model, see :func:`sample_labels`).
+        max_examples: stop after this many examples in total (None: every row of ``batches``).
+        chunk_size: rows per ``vmap`` call; bounds memory at ``chunk_size`` copies of the gradient.
+        seed: seeds the ``torch.Generator`` that samples the labels for ``kind="true"``.
+
+    Returns:
+        ``{name: F}`` for every trainable parameter (``named_parameters()`` with ``requires_grad``), each ``F``
+        shaped like its parameter, on the model's device, in float32 (float64 for a float64 model).
+
+    Example::
+
+        fisher = diagonal_fisher(model, benchmark.loader(task.train, 16), max_examples=256)
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if max_examples is not None and max_examples < 1:
+        raise ValueError(f"max_examples must be >= 1 (or None for every row), got {max_examples}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if isinstance(batches, Mapping):
+        raise ValueError("batches must be an iterable of batch dicts (e.g. a DataLoader or [batch]), not one dict")
+    attn = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
+    if "flash" in attn:
+        raise ValueError(f"attention implementation {attn!r} takes no 4-D additive mask; load the model with "
+                         "attn_implementation='sdpa' or 'eager' to compute a Fisher")
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError("the model has no trainable parameter (requires_grad) to compute a Fisher for")
+    first = next(iter(params.values()))
+    device, dtype = first.device, first.dtype
+    acc = {n: torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32)) for n, p in params.items()}
+    causal_lm, causal = is_causal_lm(model), _causal_attention(model)
+    generator = torch.Generator(device=device).manual_seed(seed) if kind == "true" else None
+
+    def row_loss(p: dict[str, torch.Tensor], row: Batch, constants: dict) -> torch.Tensor:
+        inputs = {k: v.unsqueeze(0) for k, v in row.items()}  # each row as a batch of one
+        return functional_call(model, p, args=(), kwargs={**inputs, **constants}).loss
+
+    per_example = vmap(grad(row_loss), in_dims=(None, 0, None))
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    seen = 0
+    try:
+        # SDPA has no vmap batching rule (it loops over the chunk for that one op); the notice is expected.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*performance drop.*", category=UserWarning)
+            for batch in batches:
+                batch = move(_take_rows(batch, None if max_examples is None else max_examples - seen), device)
+                if kind == "true":
+                    batch = {**batch, "labels": sample_labels(model, batch, generator, causal_lm=causal_lm)}
+                rows, constants = _split_rows(batch, causal_lm=causal_lm, causal=causal, dtype=dtype)
+                n = rows["labels"].shape[0]
+                for start in range(0, n, chunk_size):
+                    chunk = {k: v[start:start + chunk_size] for k, v in rows.items()}
+                    try:
+                        grads = per_example(params, chunk, constants)
+                    except Exception as e:  # noqa: BLE001 -- re-raised with the likely cause
+                        raise RuntimeError(
+                            f"per-example gradients failed for {type(model).__name__}: under torch.func.vmap the "
+                            "model must accept a 4-D additive attention_mask of shape (1, 1, L, L) and return "
+                            f".loss ({type(e).__name__}: {e})") from e
+                    for name, g in grads.items():  # (chunk, *shape) -> (*shape), at once: no grads are kept
+                        acc[name].add_(g.to(acc[name].dtype).square_().sum(0))
+                seen += n
+                if max_examples is not None and seen >= max_examples:
+                    break
+    finally:
+        _restore_modes(modes)
+    if seen == 0:
+        raise ValueError("batches gave no example with a scored label: the Fisher needs at least one row")
+    return {name: a.div_(seen) for name, a in acc.items()}
