@@ -28,20 +28,14 @@ from collections.abc import Iterable, Mapping
 
 import torch
 from torch.func import functional_call, grad, vmap
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from .models import is_causal_lm
 from .training import move
 
 __all__ = ["diagonal_fisher", "sample_labels", "additive_mask", "is_causal_lm"]
 
 Batch = dict[str, torch.Tensor]
-_CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 KINDS = ("empirical", "true")
-
-
-def is_causal_lm(model: torch.nn.Module) -> bool:
-    """True when ``model`` (or a module inside a wrapper) is a causal LM: it shifts ``labels`` itself."""
-    return any(type(m).__name__ in _CAUSAL_LM_CLASSES for m in model.modules())
 
 
 def _causal_attention(model: torch.nn.Module) -> bool:

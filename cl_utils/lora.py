@@ -158,6 +158,14 @@ class _LoRA(Method):
         """Undo peft's ``set_adapter``/``disable_adapter`` side effect of un-freezing active adapters."""
         self._set_trainable(model, self._training)
 
+    def _add_adapter(self, model: PeftModel, task_id: int) -> str:
+        """Create adapter ``task_<id>`` if it does not exist yet, record the task as begun, return the name."""
+        name = adapter_name(task_id)
+        if name not in model.peft_config:
+            model.add_adapter(name, self._config(model))
+        self._begun.append(task_id)
+        return name
+
     def parameters(self, model: torch.nn.Module, task_id: int) -> list[torch.nn.Parameter]:
         """Only the adapter being trained (``A`` and ``B`` of every adapted layer)."""
         if self._training is None:
@@ -199,11 +207,8 @@ class PerTaskLoRA(_LoRA):
         return self._wrap(model, adapter_name(0))
 
     def begin_task(self, model: torch.nn.Module, task_id: int, task: Task) -> None:
-        name = adapter_name(task_id)
-        if name not in model.peft_config:
-            model.add_adapter(name, self._config(model))
+        name = self._add_adapter(model, task_id)
         model.set_adapter(name)
-        self._begun.append(task_id)
         self._set_trainable(model, name)
 
     def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], task_id: int | None) -> Any:
@@ -247,10 +252,7 @@ class OLoRA(_LoRA):
         return self._wrap(model, adapter_name(0))
 
     def begin_task(self, model: torch.nn.Module, task_id: int, task: Task) -> None:
-        name = adapter_name(task_id)
-        if name not in model.peft_config:
-            model.add_adapter(name, self._config(model))
-        self._begun.append(task_id)
+        name = self._add_adapter(model, task_id)
         model.base_model.set_adapter([adapter_name(t) for t in self._begun])  # a list: all add up
         self._set_trainable(model, name)
 

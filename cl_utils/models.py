@@ -17,6 +17,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel,
                           PreTrainedTokenizerBase, PreTrainedTokenizerFast)
 
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.utils import logging as hf_logging
 
 from .cache import atomic_write_json, cached_dir
@@ -32,13 +33,20 @@ from .training import train_steps
 # Loading a 1M-parameter model needs no progress bar; ours (tqdm in training) are the ones that matter.
 hf_logging.disable_progress_bar()
 
-__all__ = ["BaseModel", "load_base", "default_device", "count_parameters"]
+__all__ = ["BaseModel", "load_base", "default_device", "count_parameters", "is_causal_lm"]
 
+_CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 _MODEL_VERSION = 1  # bump when pretraining code changes, to invalidate cached base models
 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def is_causal_lm(model: torch.nn.Module) -> bool:
+    """True when ``model`` (or a module inside a wrapper such as peft's) is a causal LM, i.e. it predicts
+    ``labels[t + 1]`` from position ``t`` and shifts the labels itself."""
+    return any(type(m).__name__ in _CAUSAL_LM_CLASSES for m in model.modules())
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

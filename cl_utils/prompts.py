@@ -35,14 +35,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .benchmark import Benchmark, Task
 from .methods import Method
+from .models import is_causal_lm
 
 __all__ = ["ProgressivePrompts", "PromptStack", "max_positions"]
 
-_CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
 def max_positions(model: nn.Module) -> int | None:
@@ -54,11 +53,6 @@ def max_positions(model: nn.Module) -> int | None:
         if isinstance(value, int):
             return value
     return None
-
-
-def _shifts_labels(model: nn.Module) -> bool:
-    """True for causal LMs: they predict ``labels[t + 1]`` from position ``t``."""
-    return type(model).__name__ in _CAUSAL_LM_CLASSES
 
 
 class PromptStack(nn.Module):
@@ -199,7 +193,7 @@ class ProgressivePrompts(Method):
             batch["token_type_ids"] = torch.cat([types.new_zeros(B, n), types], dim=1)
         labels = batch.get("labels")
         if labels is not None and labels.shape == ids.shape:
-            if _shifts_labels(model):
+            if is_causal_lm(model):
                 labels = labels.clone()
                 labels[:, 0] = -100
             batch["labels"] = torch.cat([labels.new_full((B, n), -100), labels], dim=1)
