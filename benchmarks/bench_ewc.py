@@ -15,36 +15,12 @@ When another process holds one of the cores, every multi-threaded op waits for t
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import time
-from typing import Callable
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
-from transformers.utils import logging as hf_logging
+from common import adamw_step, blocks, gpt2, interleaved, set_threads, verdict
 
 from cl_utils.ewc import EWC
 from cl_utils.fisher import diagonal_fisher
-
-EMBEDDED = dict(vocab_size=4096, n_positions=256, n_embd=128, n_layer=4, n_head=4)
-QUICK = dict(vocab_size=256, n_positions=64, n_embd=32, n_layer=2, n_head=2)
-
-
-def interleaved(fns: dict[str, Callable[[], object]], repeats: dict[str, int]) -> dict[str, float]:
-    """Median seconds of each function: one warm-up each, then round-robin runs (``repeats[name]`` of them),
-    so that load changes on a shared machine hit every measurement alike."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for name, fn in fns.items():
-        fn()
-    for r in range(max(repeats.values())):
-        for name, fn in fns.items():
-            if r < repeats[name]:
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
 
 def loop_fisher(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The reference: one backward per example, squared, averaged."""
@@ -59,16 +35,6 @@ def loop_fisher(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[
     return {n: a / n_rows for n, a in acc.items()}
 
 
-def blocks(n: int, length: int, vocab: int, seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (n, length), generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny model and sizes (a smoke run)")
@@ -80,14 +46,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.n, args.block, args.repeats = 16, 32, 3
-    hf_logging.set_verbosity_error()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = args.threads or cores
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    cfg = GPT2Config(**(QUICK if args.quick else EMBEDDED))
-    model = GPT2LMHeadModel(cfg)
-    model.loss_type = "ForCausalLM"
+    threads = set_threads(args.threads)
+    model = gpt2(args.quick)
+    cfg = model.config
     model.eval()  # the Fisher runs without dropout; time the floor and the loop the same way
     data = blocks(args.n, args.block, cfg.vocab_size, seed=0)
     n_params = sum(p.numel() for p in model.parameters())
@@ -127,18 +88,10 @@ def main() -> None:
             ewc.consolidate({n: f * (task + 1) for n, f in fisher.items()}, anchor)
         methods[mode] = ewc
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-
-    def step(ewc=None):
-        loss = model(**step_batch).loss
-        if ewc is not None:
-            loss = loss + ewc.penalty(model, 3)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    t = interleaved({"plain": step, **{mode: (lambda e=ewc: step(e)) for mode, ewc in methods.items()}},
-                    dict.fromkeys(["plain", *methods], 2 * args.repeats))
+    steps = {"plain": adamw_step(lambda: model(**step_batch).loss, model.parameters())}
+    for mode, ewc in methods.items():
+        steps[mode] = adamw_step(lambda e=ewc: model(**step_batch).loss + e.penalty(model, 3), model.parameters())
+    t = interleaved(steps, 2 * args.repeats)
     rows.append(("plain training step (batch 16)", t["plain"], "", ""))
     for mode in methods:
         rows.append((f"EWC step, {mode} (3 tasks)", t[mode], f"{t[mode] / t['plain']:.3f}x plain",
