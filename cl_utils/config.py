@@ -124,7 +124,7 @@ PROFILES: dict[str, Profile] = {
         pretrain_corpus=CorpusSpec("wikipedia", "gensim_wiki", eval_fraction=0.1),
         pretrain=TrainSpec(steps=600, batch_size=16, lr=2e-3, warmup_steps=30),
         stream=_EMBEDDED_STREAM,
-        finetune=TrainSpec(steps=120, batch_size=16, lr=1e-3, warmup_steps=10),
+        finetune=TrainSpec(steps=80, batch_size=16, lr=1e-3, warmup_steps=10),
     ),
     "smoke": Profile(
         name="smoke",
