@@ -1,41 +1,46 @@
-"""Figures: score-matrix heatmaps and perplexity trajectories, saved as PNG under ``figures/<profile>/``."""
+"""Figures: score-matrix heatmaps, score trajectories and transfer bars, saved as PNG under ``figures/<profile>/``."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from .paths import figures_dir
+from .scores import view
 from .stream import StreamResult
 
-__all__ = ["plot_matrix", "plot_trajectories", "save_figure"]
+__all__ = ["plot_matrix", "plot_trajectories", "plot_matrices", "plot_method_trajectories", "plot_transfer",
+           "save_figure"]
 
 
 def _row_labels(r: StreamResult) -> list[str]:
     return ["before"] + [f"after {t}" for t in r.tasks]
 
 
-def plot_matrix(r: StreamResult, ax=None, *, perplexity: bool = True, vmin: float | None = None,
-                vmax: float | None = None, title: str | None = None, cbar: bool = True):
+def plot_matrix(r: StreamResult, ax=None, *, vmin: float | None = None, vmax: float | None = None,
+                title: str | None = None, cbar: bool = True):
     """Heatmap of the score matrix: a row before the stream and after each task, a column per task.
 
-    The extra (pretraining) columns sit right of a white line. With ``perplexity`` the cells show
-    exp(NLL) (lower is better); otherwise the raw scores R (higher is better).
+    Cells show the benchmark's readable value (:mod:`cl_utils.scores`): perplexity on a log colour
+    scale for "lm", accuracy in % for "classification". Worse is darker. The extra (pretraining)
+    columns sit right of a white line. Pass the same ``vmin``/``vmax`` to compare several heatmaps.
     """
     import seaborn as sns
 
-    from matplotlib.colors import LogNorm
+    from matplotlib.colors import LogNorm, Normalize
 
-    values = np.exp(-r.scores) if perplexity else r.scores
-    norm = LogNorm(vmin or np.nanmin(values), vmax or np.nanmax(values)) if perplexity else None
+    v = view(r.benchmark)
+    values = v.show(r.scores)
+    lo, hi = vmin or np.nanmin(values), vmax or np.nanmax(values)
+    norm = LogNorm(lo, hi) if v.log_scale else Normalize(lo, hi)
     ax = ax or plt.subplots(figsize=(1.4 * values.shape[1] + 2, 0.6 * values.shape[0] + 1.5))[1]
-    sns.heatmap(values, ax=ax, annot=True, fmt=".1f" if perplexity else ".2f", cbar=cbar, norm=norm,
-                vmin=None if perplexity else vmin, vmax=None if perplexity else vmax,
-                cmap="rocket_r" if perplexity else "rocket", xticklabels=[*r.tasks, *r.extra],
+    sns.heatmap(values, ax=ax, annot=True, fmt=v.fmt, cbar=cbar, norm=norm,
+                cmap="rocket_r" if v.lower_is_better else "rocket", xticklabels=[*r.tasks, *r.extra],
                 yticklabels=_row_labels(r), mask=np.isnan(values), linewidths=0.5, linecolor="white",
-                cbar_kws={"label": "perplexity (log scale)" if perplexity else "score"} if cbar else None)
+                cbar_kws={"label": v.name + (" (log scale)" if v.log_scale else "")} if cbar else None)
+    if cbar and v.log_scale:
+        _plain_log_axis(ax.collections[0].colorbar.ax.yaxis)
     if r.extra:
         ax.axvline(len(r.tasks), color="white", lw=4)
     ax.set_xlabel("evaluated on")
@@ -45,20 +50,100 @@ def plot_matrix(r: StreamResult, ax=None, *, perplexity: bool = True, vmin: floa
 
 
 def plot_trajectories(r: StreamResult, ax=None, *, title: str | None = None):
-    """Perplexity of every column along the stream, one line per column; training spans shaded."""
+    """The readable score of every column along the stream, one line per column; training spans shaded."""
+    v = view(r.benchmark)
     ax = ax or plt.subplots(figsize=(7, 4))[1]
     x = np.arange(len(r.scores))
     for j, name in enumerate([*r.tasks, *r.extra]):
         style = "--" if j >= len(r.tasks) else "-"
-        ax.plot(x, [math.exp(-s) for s in r.scores[:, j]], style, marker="o", label=name)
-    for i in range(len(r.tasks)):
-        ax.axvspan(i + 0.5, i + 1.5, color=f"C{i}", alpha=0.07)
+        ax.plot(x, v.show(r.scores[:, j]), style, marker="o", label=name)
+    _shade_tasks(ax, r.tasks)
     ax.set_xticks(x, _row_labels(r), rotation=20)
-    ax.set_yscale("log")
-    ax.set_ylabel("perplexity (log scale, lower is better)")
-    ax.set_title(title or f"{r.method}: perplexity along the stream")
+    if v.log_scale:
+        ax.set_yscale("log")
+        _plain_log_axis(ax.yaxis)
+    ax.set_ylabel(v.label)
+    ax.set_title(title or f"{r.method}: {v.name} along the stream")
     ax.legend(title="evaluated on", fontsize="small")
     ax.grid(alpha=0.3, which="both")
+    return ax
+
+
+def _plain_log_axis(axis) -> None:
+    """Log-scale ticks as plain numbers (250, 300) instead of 2.5x10^2."""
+    from matplotlib.ticker import FormatStrFormatter
+
+    axis.set_major_formatter(FormatStrFormatter("%.0f"))
+    axis.set_minor_formatter(FormatStrFormatter("%.0f"))
+
+
+def _shade_tasks(ax, tasks: list[str]) -> None:
+    for i in range(len(tasks)):
+        ax.axvspan(i + 0.5, i + 1.5, color=f"C{i}", alpha=0.07)
+
+
+def plot_matrices(results: list[StreamResult], *, width: float = 4.6):
+    """The heatmaps of several methods side by side on one shared colour scale (one colour bar, at the right)."""
+    if not results:
+        raise ValueError("plot_matrices needs at least one result")
+    v = view(results[0].benchmark)
+    lo, hi = v.limits([r.scores for r in results])
+    fig, axes = plt.subplots(1, len(results), figsize=(width * len(results) + 1, 0.55 * len(results[0].scores) + 2),
+                             squeeze=False)
+    for k, (ax, r) in enumerate(zip(axes[0], results)):
+        plot_matrix(r, ax, vmin=lo, vmax=hi, cbar=k == len(results) - 1)
+        if k:
+            ax.set_yticklabels([])
+    fig.suptitle(f"{v.name} after each task, every method on one colour scale")
+    fig.tight_layout()
+    return fig
+
+
+def plot_method_trajectories(groups: dict[str, list[StreamResult]], *, width: float = 4.2):
+    """One panel per column (task or extra), one line per method: the readable score along the stream,
+    the mean over seeds with ± one standard deviation as error bars when there are several."""
+    first = next(iter(groups.values()))[0]
+    v = view(first.benchmark)
+    names = [*first.tasks, *first.extra]
+    x = np.arange(len(first.scores))
+    fig, axes = plt.subplots(1, len(names), figsize=(width * len(names), 3.8), squeeze=False, sharex=True)
+    for j, (ax, name) in enumerate(zip(axes[0], names)):
+        for k, (method, runs) in enumerate(groups.items()):
+            shown = np.stack([v.show(r.scores[:, j]) for r in runs])
+            mean = shown.mean(axis=0)  # NaN stays NaN: every seed skips the same rows
+            err = shown.std(axis=0, ddof=1) if len(runs) > 1 else None
+            ok = ~np.isnan(mean)  # joint training has no intermediate rows
+            ax.errorbar(x[ok], mean[ok], yerr=None if err is None else err[ok], marker="o", capsize=3,
+                        ls="--" if ok.sum() < len(x) else "-", label=method, color=f"C{k}")
+        _shade_tasks(ax, first.tasks)
+        ax.set_xticks(x, _row_labels(first), rotation=25)
+        if v.log_scale:
+            ax.set_yscale("log")
+            _plain_log_axis(ax.yaxis)
+        role = " (pretraining)" if j >= len(first.tasks) else ""
+        ax.set_title(f"{name}{role}")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel(v.label)
+    axes[0][-1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def plot_transfer(mean, std, *, ax=None, unit: str = ""):
+    """Grouped bars of BWT and FWT per method (``mean``/``std``: tables indexed by method), std as error bars."""
+    ax = ax or plt.subplots(figsize=(1.1 * len(mean) + 3, 3.8))[1]
+    x = np.arange(len(mean))
+    for k, metric in enumerate(["BWT", "FWT"]):
+        values = mean[metric].astype(float).to_numpy()
+        errors = std[metric].astype(float).fillna(0).to_numpy()
+        ax.bar(x + (k - 0.5) * 0.38, np.nan_to_num(values), 0.38, yerr=errors, capsize=3, label=metric,
+               color=f"C{k}", alpha=0.85)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(x, mean.index, rotation=20)
+    ax.set_ylabel(f"transfer ({unit}; higher is better)" if unit else "transfer (higher is better)")
+    ax.set_title("Backward and forward transfer")
+    ax.legend()
+    ax.grid(alpha=0.3, axis="y")
     return ax
 
 

@@ -18,10 +18,11 @@ from .cache import atomic_write_json
 from .config import Profile, profile_dict
 from .paths import results_dir
 from .repro import package_versions
+from .scores import view
 from .stream import StreamResult
 
 __all__ = ["results_path", "save_results", "load_results", "load_result", "result_from_dict", "metrics_table",
-           "forgetting_table"]
+           "forgetting_table", "summary_text"]
 
 _NAME = re.compile(r"^[a-z0-9_]+$")
 
@@ -69,7 +70,7 @@ def result_from_dict(data: dict[str, Any]) -> StreamResult:
     assert scores.shape == (T + 1, T + len(extra))
     return StreamResult(data["method"], data["tasks"], data["extra_columns"], scores, data["train_seconds"],
                         data["trainable_params"], data["total_params"], data.get("losses", []),
-                        data.get("hparams", {}))
+                        data.get("hparams", {}), data["benchmark"])
 
 
 def load_results(profile: str, benchmark: str | None = None, method: str | None = None, *,
@@ -93,20 +94,21 @@ def load_result(profile: str, benchmark: str, method: str, seed: int) -> StreamR
     return result_from_dict(json.loads(path.read_text())) if path.exists() else None
 
 
-def metrics_table(results: list[StreamResult], *, perplexity: bool = True):
-    """One row per method: ACC, BWT, FWT, forgetting, final perplexity per column, parameters, time.
+def metrics_table(results: list[StreamResult]):
+    """One row per method: ACC, BWT, FWT, forgetting, the final readable score per column, parameters, time.
 
-    For the LM benchmark the metrics are in nats/token (score = -NLL) and ``ppl <task>`` is exp(NLL)
-    after the whole stream.
+    The metrics are differences of raw scores (nats/token for "lm", accuracy for "classification");
+    the per-column values are what :mod:`cl_utils.scores` shows: perplexity or accuracy % after the
+    whole stream.
     """
     import pandas as pd
 
     rows = []
     for r in results:
+        v = view(r.benchmark)
         row: dict[str, Any] = {"method": r.method, **r.metrics()}
-        final = r.scores[-1]
-        for name, s in zip([*r.tasks, *r.extra], final):
-            row[f"ppl {name}" if perplexity else name] = math.exp(-s) if perplexity else s
+        for name, s in zip([*r.tasks, *r.extra], r.scores[-1]):
+            row[f"{v.name} {name}"] = float(v.show(s))
         row["trainable params"] = r.trainable_params
         row["train s"] = round(r.train_seconds, 1)
         rows.append(row)
@@ -114,16 +116,33 @@ def metrics_table(results: list[StreamResult], *, perplexity: bool = True):
 
 
 def forgetting_table(r: StreamResult):
-    """Per column: perplexity when it was best learned (right after its task; before the stream for the
-    extra columns) against the end of the stream, and the change in percent."""
+    """Per column: the readable score when it was best learned (right after its task; before the stream
+    for the extra columns) against the end of the stream, and the change in percent."""
     import pandas as pd
 
+    v = view(r.benchmark)
     T = len(r.tasks)
     rows = []
     for j, name in enumerate([*r.tasks, *r.extra]):
         start = r.scores[j + 1, j] if j < T else r.scores[0, j]
         label = name if j < T else f"{name} (pretraining)"
-        ppl_start, ppl_end = math.exp(-start), math.exp(-r.scores[-1, j])
-        rows.append({"evaluated on": label, "ppl after training it": ppl_start, "ppl at the end": ppl_end,
-                     "change %": 100 * (ppl_end / ppl_start - 1)})
+        first, end = float(v.show(start)), float(v.show(r.scores[-1, j]))
+        rows.append({"evaluated on": label, f"{v.name} after training it": first, f"{v.name} at the end": end,
+                     "change %": 100 * (end / first - 1)})
     return pd.DataFrame(rows).set_index("evaluated on")
+
+
+def summary_text(results: list[StreamResult], digits: int = 2) -> str:
+    """Each method's name, R matrix and metrics, rounded: the text 05 and the nbval regression check compare.
+
+    ``digits`` is chosen so the text is stable from run to run (same seed) and changes when a result
+    really changes.
+    """
+    import pandas as pd
+
+    parts = []
+    for r in results:
+        R = pd.DataFrame(r.R, index=[f"after {t}" for t in r.tasks], columns=r.tasks).round(digits)
+        metrics = {k: (None if v is None else round(v, digits)) for k, v in r.metrics().items()}
+        parts.append(f"{r.method} ({r.benchmark}) R:\n{R.to_string()}\n{metrics}")
+    return "\n".join(parts)

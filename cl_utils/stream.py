@@ -6,6 +6,7 @@ task ``i`` (``R[i, j]`` for the stream tasks; the extra columns come last).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +31,12 @@ class StreamResult:
     tasks: list[str]  # stream task names, in order
     extra: list[str]  # evaluation-only column names
     scores: np.ndarray  # (T + 1, T + E); NaN where a row was not evaluated (joint training)
-    train_seconds: float
+    train_seconds: float  # optimiser steps plus the method's end-of-task work (e.g. the Fisher); no evaluation
     trainable_params: int  # distinct parameters (elements) trained at some point of the stream
     total_params: int
     losses: list[list[float]] = field(default_factory=list)  # per task, the loss of every step
     hparams: dict[str, Any] = field(default_factory=dict)
+    benchmark: str = "lm"  # the benchmark's name: says how to read a score (see cl_utils.scores)
     model: Any = field(default=None, repr=False, compare=False)  # the trained (possibly wrapped) model; not saved
 
     @property
@@ -97,13 +99,14 @@ def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spe
                                                             seed=seed * 1000 + task_id),
                           spec, device=device, desc=f"{method.name} · task {task_id + 1}/{T} ({task.name})",
                           progress=progress)
-        method.end_task(model, task_id, task, benchmark)
+        start = time.perf_counter()
+        method.end_task(model, task_id, task, benchmark)  # e.g. EWC's Fisher pass: part of the method's cost
         losses.append(log.losses)
-        seconds += log.seconds
+        seconds += log.seconds + time.perf_counter() - start
         rows.append(evaluate_columns(model, method, benchmark, batch_size=eval_batch_size, device=device))
     return StreamResult(method.name, [t.name for t in benchmark.tasks], [t.name for t in benchmark.extra],
                         np.array(rows), seconds, sum(p.numel() for p in trained.values()), count_parameters(model),
-                        losses, method.describe(), model)
+                        losses, method.describe(), benchmark.name, model)
 
 
 def run_joint(model: torch.nn.Module, benchmark: Benchmark, spec: TrainSpec, *, seed: int,
@@ -134,4 +137,4 @@ def run_joint(model: torch.nn.Module, benchmark: Benchmark, spec: TrainSpec, *, 
     return StreamResult("joint", [t.name for t in benchmark.tasks], [t.name for t in benchmark.extra],
                         np.array([before, *([nan] * (T - 1)), final]), log.seconds,
                         count_parameters(model, trainable_only=True), count_parameters(model), [log.losses],
-                        {"steps": budget.steps}, model)
+                        {"steps": budget.steps}, benchmark.name, model)

@@ -1,0 +1,199 @@
+"""The comparison of 05_evaluation: every saved result of a profile, grouped by method over seeds.
+
+>>> c = Comparison.load("embedded", "lm")        # doctest: +SKIP
+>>> print(c.missing_text()); display(c.table())  # doctest: +SKIP
+>>> c.heatmaps(seed=0)                           # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .results import load_results, result_from_dict
+from .scores import view
+from .stream import StreamResult
+
+__all__ = ["PRODUCERS", "REFERENCES", "Comparison", "collect", "comparison", "format_table"]
+
+# Which notebook writes which method's results file, in the order the comparison lists them.
+PRODUCERS: dict[str, str] = {
+    "joint": "01_baseline_forgetting",
+    "naive": "01_baseline_forgetting",
+    "ewc": "02_ewc",
+    "online_ewc": "02_ewc",
+    "progressive_prompts": "03_progressive_prompts",
+    "lora_sequential": "04_lora",
+    "lora_per_task": "04_lora",
+    "olora": "04_lora",
+}
+# Rows that are references, not continual-learning methods.
+REFERENCES: dict[str, str] = {"joint": "upper bound (multitask)", "naive": "baseline (no protection)"}
+
+
+def collect(profile: str, benchmark: str) -> tuple[dict[str, list[StreamResult]], dict[str, list[str]]]:
+    """Every result of ``profile`` and ``benchmark``, as ``{method: [result per seed, seeds ascending]}``
+    in :data:`PRODUCERS` order (unknown methods last), and what is missing as ``{notebook: [methods]}``.
+
+    A method counts as missing when no seed of it was saved. Methods saved for only some seeds are
+    reported with the seeds they have (see ``comparison``'s ``seeds`` column).
+    """
+    found: dict[str, list[tuple[int, StreamResult]]] = {}
+    for data in load_results(profile, benchmark):
+        found.setdefault(data["method"], []).append((data["seed"], result_from_dict(data)))
+    order = [m for m in PRODUCERS if m in found] + sorted(m for m in found if m not in PRODUCERS)
+    groups: dict[str, list[StreamResult]] = {}
+    for m in order:
+        groups[m] = [r for _, r in sorted(found[m], key=lambda sr: sr[0])]
+        seeds = sorted(s for s, _ in found[m])
+        for r, s in zip(groups[m], seeds):
+            r.hparams = {**r.hparams, "seed": s}
+    missing: dict[str, list[str]] = {}
+    for method, notebook in PRODUCERS.items():
+        if method not in found:
+            missing.setdefault(notebook, []).append(method)
+    return groups, missing
+
+
+def _row(r: StreamResult) -> dict[str, Any]:
+    v = view(r.benchmark)
+    row: dict[str, Any] = dict(r.metrics())
+    for name, s in zip([*r.tasks, *r.extra], r.scores[-1]):
+        row[f"final {v.name} {name}"] = float(v.show(s))
+    row["trainable params"] = float(r.trainable_params)
+    row["train s"] = float(r.train_seconds)
+    return row
+
+
+def comparison(groups: dict[str, list[StreamResult]]):
+    """Two tables indexed by method: the mean over seeds and the standard deviation (ddof=1; NaN for one seed).
+
+    Columns: role (reference or method), seeds, ACC, BWT, FWT, forgetting (differences of raw scores),
+    the final readable score per column (perplexity or accuracy %), trainable parameters and train seconds
+    (optimiser steps plus end-of-task work such as EWC's Fisher). Joint training has no BWT/FWT/forgetting.
+    """
+    import pandas as pd
+
+    means, stds = [], []
+    for method, runs in groups.items():
+        table = pd.DataFrame([_row(r) for r in runs], dtype=float)
+        info = {"method": method, "role": REFERENCES.get(method, "method"), "seeds": len(runs)}
+        means.append({**info, **table.mean().to_dict()})
+        stds.append({**info, **(table.std(ddof=1) if len(runs) > 1 else table.mean() * np.nan).to_dict()})
+    mean = pd.DataFrame(means).set_index("method")
+    std = pd.DataFrame(stds).set_index("method")
+    return mean, std
+
+
+def format_table(mean, std, *, digits: int = 3):
+    """``mean ± std`` strings (just the mean for one seed, "–" where undefined), ready to display."""
+    import pandas as pd
+
+    out = pd.DataFrame(index=mean.index)
+    for col in mean.columns:
+        if col in ("role", "seeds"):
+            out[col] = mean[col]
+            continue
+        d = 0 if col in ("trainable params",) else (1 if col == "train s" or col.startswith("final") else digits)
+        out[col] = [_fmt(m, s, d) for m, s in zip(mean[col], std[col])]
+    return out
+
+
+def _fmt(m: float, s: float, digits: int) -> str:
+    if m is None or np.isnan(m):
+        return "–"
+    text = f"{m:,.{digits}f}"
+    return text if s is None or np.isnan(s) else f"{text} ± {s:,.{digits}f}"
+
+
+@dataclass
+class Comparison:
+    """All results of one profile and benchmark, ready for the tables and figures of 05_evaluation."""
+
+    profile: str
+    benchmark: str
+    groups: dict[str, list[StreamResult]]  # method -> one result per seed
+    missing: dict[str, list[str]]  # notebook -> methods it would have saved
+
+    @classmethod
+    def load(cls, profile: str, benchmark: str) -> "Comparison":
+        view(benchmark)  # an unknown benchmark raises here, naming the valid ones
+        return cls(profile, benchmark, *collect(profile, benchmark))
+
+    @property
+    def empty(self) -> bool:
+        return not self.groups
+
+    def missing_text(self) -> str:
+        """One line per notebook whose results are missing, with the command that produces them."""
+        if not self.missing:
+            return f"{self.benchmark}: every method has results."
+        lines = [f"{self.benchmark}: missing results (these rows are left out):"]
+        for notebook, methods in self.missing.items():
+            lines.append(f"  {', '.join(methods)}: run notebooks/{notebook}.ipynb with PROFILE={self.profile!r}, "
+                         f"BENCHMARK={self.benchmark!r}")
+        return "\n".join(lines)
+
+    def stats(self):
+        """(mean, std) tables over seeds, see :func:`comparison`."""
+        return comparison(self.groups)
+
+    def table(self, digits: int = 3):
+        return format_table(*self.stats(), digits=digits)
+
+    def runs_of_seed(self, seed: int) -> list[StreamResult]:
+        """One result per method: the one of ``seed``, else the method's lowest seed."""
+        out = []
+        for runs in self.groups.values():
+            match = [r for r in runs if r.hparams.get("seed") == seed]
+            out.append(match[0] if match else runs[0])
+        return out
+
+    def heatmaps(self, seed: int = 0):
+        from .plotting import plot_matrices
+
+        return plot_matrices(self.runs_of_seed(seed))
+
+    def trajectories(self):
+        from .plotting import plot_method_trajectories
+
+        return plot_method_trajectories(self.groups)
+
+    def transfer(self):
+        import matplotlib.pyplot as plt
+
+        from .plotting import plot_transfer
+
+        mean, std = self.stats()
+        keep = mean["BWT"].notna()  # joint training has no BWT/FWT
+        fig, ax = plt.subplots(figsize=(1.2 * int(keep.sum()) + 3, 3.8))
+        plot_transfer(mean[keep], std[keep], ax=ax, unit=view(self.benchmark).metric_unit)
+        fig.tight_layout()
+        return fig
+
+    def findings(self) -> str:
+        """What the mean table says, in numbers: ranking by ACC, and each method against naive and joint."""
+        mean, _ = self.stats()
+        v = view(self.benchmark)
+        lines = [f"{self.benchmark} ({self.profile}, metrics in {v.metric_unit}, mean over "
+                 f"{int(mean['seeds'].max())} seed(s) at most):"]
+        ranked = mean["ACC"].sort_values(ascending=False)
+        lines.append("  ACC ranking: " + " > ".join(f"{m} {a:.3f}" for m, a in ranked.items()))
+        if "naive" in mean.index:
+            naive = mean.loc["naive"]
+            for m, row in mean.drop(index=[x for x in ("naive", "joint") if x in mean.index]).iterrows():
+                lines.append(f"  {m}: ACC {row['ACC'] - naive['ACC']:+.3f} and BWT {row['BWT'] - naive['BWT']:+.3f} "
+                             f"against naive (FWT {row['FWT']:+.3f}, naive {naive['FWT']:+.3f})")
+        if "joint" in mean.index:
+            best = ranked.drop("joint", errors="ignore")
+            if len(best):
+                lines.append(f"  best continual method {best.index[0]}: ACC {best.iloc[0]:.3f} against joint's "
+                             f"{mean.loc['joint', 'ACC']:.3f} (gap {mean.loc['joint', 'ACC'] - best.iloc[0]:+.3f})")
+        return "\n".join(lines)
+
+    def regression_summary(self, digits: int = 2) -> str:
+        """Method names with their final-row scores and metrics, rounded: stable text for the nbval check."""
+        mean, _ = self.stats()
+        cols = ["seeds", "ACC", "BWT", "FWT", "forgetting"]
+        return f"{self.benchmark}:\n" + mean[cols].astype(float).round(digits).to_string()

@@ -1,0 +1,72 @@
+"""05_evaluation's comparison: grouping over seeds, mean ± std, missing results, score views and figures."""
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np
+import pytest
+
+from cl_utils.config import get_profile
+from cl_utils.report import Comparison, format_table
+from cl_utils.results import metrics_table, save_results
+from cl_utils.scores import view
+from cl_utils.stream import StreamResult
+
+PROFILE = get_profile("smoke")
+TASKS = ["a", "b"]
+
+
+def _result(method, shift, benchmark="lm", joint=False):
+    base = np.array([[-5.0, -6.0, -4.0], [-3.0, -5.5, -4.2], [-3.5, -3.0, -4.4]]) if benchmark == "lm" else \
+        np.array([[0.25, 0.33, np.nan], [0.9, 0.4, np.nan], [0.7, 0.8, np.nan]])[:, :2]
+    scores = base + shift
+    if joint:
+        scores[1] = np.nan
+    extra = ["wiki"] if benchmark == "lm" else []
+    return StreamResult(method, TASKS, extra, scores, 10.0 + shift, 100, 1000, benchmark=benchmark)
+
+
+def _save(result, seed):
+    save_results(result, profile=PROFILE, benchmark=result.benchmark, seed=seed)
+
+
+def test_mean_and_std_over_seeds_and_missing_notebooks():
+    for seed, shift in [(0, 0.0), (1, 0.1), (2, 0.2)]:
+        _save(_result("naive", shift), seed)
+    _save(_result("joint", 0.0, joint=True), 0)
+    _save(_result("ewc", 0.05), 0)
+    c = Comparison.load("smoke", "lm")
+    assert list(c.groups) == ["joint", "naive", "ewc"]
+    assert [r.hparams["seed"] for r in c.groups["naive"]] == [0, 1, 2]
+    mean, std = c.stats()
+    # naive ACC per seed: mean of the last row over the tasks = -3.25 + shift
+    assert mean.loc["naive", "ACC"] == pytest.approx(-3.25 + 0.1)
+    assert std.loc["naive", "ACC"] == pytest.approx(0.1)  # sample std of 0, 0.1, 0.2
+    assert mean.loc["naive", "seeds"] == 3 and math.isnan(std.loc["ewc", "ACC"])
+    assert mean.loc["naive", "BWT"] == pytest.approx(-0.5)
+    assert math.isnan(mean.loc["joint", "BWT"]) and mean.loc["joint", "role"].startswith("upper bound")
+    assert mean.loc["naive", "final perplexity wiki"] == pytest.approx(np.mean(np.exp([4.4, 4.3, 4.2])))
+    table = format_table(mean, std)
+    assert table.loc["naive", "ACC"] == "-3.150 ± 0.100" and table.loc["ewc", "ACC"] == "-3.200"
+    assert table.loc["joint", "BWT"] == "–"
+    assert c.missing == {"02_ewc": ["online_ewc"], "03_progressive_prompts": ["progressive_prompts"],
+                         "04_lora": ["lora_sequential", "lora_per_task", "olora"]}
+    text = c.missing_text()
+    assert "lora_sequential" in text and "03_progressive_prompts" in text and "BENCHMARK='lm'" in text
+    for fig in (c.heatmaps(seed=1), c.trajectories(), c.transfer()):
+        assert len(fig.axes) >= 1
+    assert [r.hparams["seed"] for r in c.runs_of_seed(1)] == [0, 1, 0]
+
+
+def test_classification_reads_as_accuracy_and_empty_benchmark_reports_everything_missing():
+    _save(_result("naive", 0.0, benchmark="classification"), 0)
+    c = Comparison.load("smoke", "classification")
+    table = metrics_table(c.groups["naive"])
+    assert table.loc["naive", "accuracy % a"] == pytest.approx(70.0)
+    assert view("classification").limits([c.groups["naive"][0].scores]) == pytest.approx((25.0, 90.0))
+    empty = Comparison.load("profile_without_runs", "lm")
+    assert empty.empty and set(empty.missing) == {"01_baseline_forgetting", "02_ewc", "03_progressive_prompts",
+                                                  "04_lora"}
+    with pytest.raises(ValueError, match="known"):
+        Comparison.load("smoke", "vision")
