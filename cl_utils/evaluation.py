@@ -1,4 +1,4 @@
-"""Scoring: per-token negative log-likelihood (and perplexity) over a whole split."""
+"""Scoring: per-token negative log-likelihood (and perplexity) over a whole split; classification accuracy."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-__all__ = ["lm_score", "perplexity", "predicted_tokens"]
+__all__ = ["lm_score", "perplexity", "predicted_tokens", "accuracy"]
 
 
 def predicted_tokens(labels: torch.Tensor) -> int:
@@ -38,3 +38,24 @@ def lm_score(forward: Callable[[dict[str, torch.Tensor]], Any], batches: Iterabl
 def perplexity(score: float) -> float:
     """Perplexity from an ``lm_score`` (exp of the mean NLL)."""
     return math.exp(-score)
+
+
+@torch.no_grad()
+def accuracy(forward: Callable[[dict[str, torch.Tensor]], Any], batches: Iterable[dict[str, torch.Tensor]]) -> float:
+    """Share of correctly classified rows over every batch, in [0, 1] (higher is better).
+
+    ``forward(batch).logits`` is ``(B, C)``; a row is correct when its argmax equals ``batch["labels"]`` ``(B,)``.
+    Rows labelled -100 are not counted. The caller's ``forward`` is responsible for ``model.eval()``.
+    """
+    correct, total = 0, 0
+    for batch in batches:
+        labels = batch["labels"]
+        scored = labels != -100
+        if not bool(scored.any()):
+            continue
+        predicted = forward(batch).logits.argmax(-1).to(labels.device)
+        correct += int((predicted == labels)[scored].sum())
+        total += int(scored.sum())
+    if total == 0:
+        raise ValueError("no rows to score: every label is -100 or the split is empty")
+    return correct / total

@@ -14,6 +14,10 @@ The penalty costs one pass over the parameters whatever the number of tasks: per
 ``sum_k F_k (theta - a_k)^2 = S (theta - m)^2 + C`` with ``S = sum_k F_k``, the Fisher-weighted mean
 anchor ``m = sum_k F_k a_k / S`` and a constant ``C = sum_k F_k (a_k - m)^2`` (same value, same gradient
 ``sum_k F_k (theta - a_k)``, and no cancellation between large terms near ``theta*``).
+
+Task heads (the parameters under a model's ``head_prefix``, e.g. ``heads.`` of
+:class:`cl_utils.classifier.MultiHeadClassifier`) are left out of the Fisher, the anchors and the penalty: each head
+serves one task only, and later tasks never update an earlier task's head.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from .benchmark import Benchmark, Task
 from .fisher import KINDS, diagonal_fisher
 from .methods import Method
 
-__all__ = ["EWC", "check_fisher_matches", "weights_checksum"]
+__all__ = ["EWC", "check_fisher_matches", "weights_checksum", "protected_parameter_names"]
 
 MODES = ("separate", "online")
 Tensors = dict[str, torch.Tensor]
@@ -48,6 +52,17 @@ def check_fisher_matches(fisher: Tensors, model: torch.nn.Module) -> None:
            for n, f in fisher.items() if f.shape != params[n].shape]
     if bad:
         raise ValueError(f"Fisher and model shapes differ (Fisher vs model) for {bad[:5]}")
+
+
+def protected_parameter_names(model: torch.nn.Module) -> list[str] | None:
+    """Trainable parameters EWC consolidates: all but the task heads (names starting with ``model.head_prefix``).
+
+    None when the model declares no heads (every trainable parameter, as before).
+    """
+    prefix = getattr(model, "head_prefix", None)
+    if not prefix:
+        return None
+    return [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith(prefix)]
 
 
 def weights_checksum(model: torch.nn.Module) -> float:
@@ -108,8 +123,11 @@ class EWC(Method):
             raise ValueError(f"EWC: task {task.name!r} has an empty train split; the Fisher needs at least one example")
         loader = benchmark.loader(task.train, self.fisher_batch_size, shuffle=True, seed=task_id)
         checksum = weights_checksum(model)
-        fisher = diagonal_fisher(model, loader, kind=self.kind, max_examples=self.fisher_examples, seed=task_id)
-        anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        names = protected_parameter_names(model)
+        fisher = diagonal_fisher(model, loader, kind=self.kind, max_examples=self.fisher_examples, seed=task_id,
+                                 parameter_names=names)
+        anchor = {n: p.detach().clone() for n, p in model.named_parameters()
+                  if p.requires_grad and (names is None or n in fisher)}
         self.consolidate(fisher, anchor, task_id=task_id)
         self.fisher_log.append({"task_id": task_id, "checksum": checksum})
 

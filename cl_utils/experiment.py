@@ -3,6 +3,9 @@
 >>> exp = setup("smoke", seed=0)                  # doctest: +SKIP
 >>> result = exp.run(Naive())                     # doctest: +SKIP
 >>> exp.save(result)                              # doctest: +SKIP
+
+``setup(..., benchmark="classification")`` builds the text-classification benchmark instead (accuracy, one head
+per task, budgets from ``profile.classification``); every call above stays the same.
 """
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ from typing import Any
 import torch
 
 from .benchmark import Benchmark
-from .config import Profile, get_profile
+from .classification import classification_benchmark
+from .classifier import ClassifierBase, load_classifier_base
+from .config import Profile, TrainSpec, get_profile
 from .data import lm_benchmark
 from .methods import Method, Naive
 from .models import BaseModel, default_device, load_base
@@ -25,17 +30,27 @@ from .stream import StreamResult, run_joint, run_stream
 
 __all__ = ["Experiment", "setup", "BENCHMARKS"]
 
-BENCHMARKS = ("lm",)  # the classification benchmark joins later
+BENCHMARKS = ("lm", "classification")
 
 
 @dataclass
 class Experiment:
     profile: Profile
     seed: int
-    base: BaseModel
+    base: BaseModel | ClassifierBase  # ClassifierBase for the classification benchmark
     benchmark: Benchmark
     device: torch.device
     progress: bool = True
+
+    @property
+    def finetune(self) -> TrainSpec:
+        """Per-task training budget of this benchmark (``profile.finetune`` or ``profile.classification.finetune``)."""
+        return self.profile.classification.finetune if self.benchmark.name == "classification" else self.profile.finetune
+
+    @property
+    def eval_batch_size(self) -> int:
+        cls = self.benchmark.name == "classification"
+        return self.profile.classification.eval_batch_size if cls else self.profile.eval_batch_size
 
     def fresh_model(self) -> torch.nn.Module:
         """An independent copy of the pretrained base model, on ``device``."""
@@ -47,16 +62,16 @@ class Experiment:
         ``train_overrides`` replace fields of the profile's fine-tuning budget for this method only, e.g.
         ``lr=3e-2`` for prompt tuning (an unknown field raises ``TypeError``).
         """
-        spec = dataclasses.replace(self.profile.finetune, **train_overrides)
+        spec = dataclasses.replace(self.finetune, **train_overrides)
         result = run_stream(self.fresh_model(), self.benchmark, method, spec, seed=self.seed,
-                            eval_batch_size=self.profile.eval_batch_size, progress=self.progress)
+                            eval_batch_size=self.eval_batch_size, progress=self.progress)
         result.hparams = {**result.hparams, **{f"train.{k}": v for k, v in train_overrides.items()}}
         return result
 
     def run_joint(self) -> StreamResult:
         """The multitask upper bound on the same budget."""
-        return run_joint(self.fresh_model(), self.benchmark, self.profile.finetune, seed=self.seed,
-                         eval_batch_size=self.profile.eval_batch_size, progress=self.progress)
+        return run_joint(self.fresh_model(), self.benchmark, self.finetune, seed=self.seed,
+                         eval_batch_size=self.eval_batch_size, progress=self.progress)
 
     def save(self, result: StreamResult, *, sweep: str | None = None, **extra: Any) -> Path:
         """Write ``result`` (atomically) to ``runs/<profile>/results/``; ``sweep`` files it under ``sweeps/``."""
@@ -85,11 +100,19 @@ class Experiment:
 
 def setup(profile: str, *, seed: int, benchmark: str = "lm", overrides: dict[str, Any] | None = None,
           progress: bool = True) -> Experiment:
-    """Validate the notebook parameters, load (or pretrain once) the base model and build the benchmark."""
+    """Validate the notebook parameters, load (or pretrain once) the base model and build the benchmark.
+
+    ``benchmark="classification"``: the encoder of ``profile.classification`` with one head per task, and its
+    tasks (:mod:`cl_utils.classification`); the LM base model is not loaded.
+    """
     prof = get_profile(profile, overrides)
     if benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {benchmark!r}; valid: {list(BENCHMARKS)}")
     set_seed(seed)
-    base = load_base(prof, progress=progress)
-    bench = lm_benchmark(prof, base.tokenizer, base.tokenizer_key)
+    if benchmark == "classification":
+        base = load_classifier_base(prof.classification)
+        bench = classification_benchmark(prof.classification, base.tokenizer, base.tokenizer_key)
+    else:
+        base = load_base(prof, progress=progress)
+        bench = lm_benchmark(prof, base.tokenizer, base.tokenizer_key)
     return Experiment(prof, seed, base, bench, default_device(), progress)

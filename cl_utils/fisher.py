@@ -20,6 +20,14 @@ at a time. Inside ``vmap``, transformers' 2-D mask utilities branch on tensor va
 row gets a precomputed 4-D additive mask ``(1, 1, L, L)`` instead: causal for decoders, with the padded
 keys masked. Rows must be right-padded (as :mod:`cl_utils.data` does), with ``labels=-100`` on the
 padding. Position ids come from the model, as in an ordinary batched forward.
+
+Input embeddings (``sparse_embeddings``): the per-example gradient of a ``(V, d)`` word-embedding matrix is zero
+except on the rows of the tokens in that example, yet ``vmap`` would materialise all ``V x d`` values per
+example (30522 x 384 for MiniLM: more than every other parameter together). For a model that allows it
+(``model.fisher_sparse_embeddings = True``, e.g. :class:`cl_utils.classifier.MultiHeadClassifier`), the
+embedding lookup is done outside ``vmap``, the per-example gradient is taken with respect to the looked-up
+vectors ``(L, d)``, summed per token id within the example and squared: the same Fisher, exactly, at the cost
+of ``L x d`` per example. Tied embeddings (GPT-2's ``wte`` is also its output layer) keep the dense path.
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from .models import is_causal_lm
@@ -36,6 +45,7 @@ __all__ = ["diagonal_fisher", "sample_labels", "additive_mask", "is_causal_lm"]
 
 Batch = dict[str, torch.Tensor]
 KINDS = ("empirical", "true")
+VMAP_BYTES = 2**30  # per-example gradient copies one vmap call may hold (chunk_size is lowered to fit)
 
 
 def _causal_attention(model: torch.nn.Module) -> bool:
@@ -124,13 +134,47 @@ def _split_rows(batch: Batch, *, causal_lm: bool, causal: bool, dtype: torch.dty
     return rows, {k: v for k, v in batch.items() if k not in per_row}
 
 
+def _sparse_embedding(model: torch.nn.Module, trainable: dict[str, torch.nn.Parameter],
+                      sparse: bool | None) -> tuple[str, int | None] | None:
+    """``(parameter name, padding_idx)`` of the input embedding when its Fisher is taken sparsely, else None."""
+    if sparse is None:
+        sparse = bool(getattr(model, "fisher_sparse_embeddings", False))
+    if not sparse:
+        return None
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if not isinstance(emb, torch.nn.Embedding) or emb.max_norm is not None or emb.scale_grad_by_freq:
+        raise ValueError(f"sparse_embeddings=True needs a plain nn.Embedding as input embedding, got {type(emb)}")
+    names = [n for n, p in model.named_parameters(remove_duplicate=False) if p is emb.weight]
+    if len(names) != 1:
+        raise ValueError(f"sparse_embeddings=True: the input embedding is shared (tied) as {names}; its gradient is "
+                         "not only the lookup's, so use the dense path (sparse_embeddings=False)")
+    return (names[0], emb.padding_idx) if names[0] in trainable else None
+
+
+def _add_embedding_rows(acc: torch.Tensor, ids: torch.Tensor, g: torch.Tensor, padding_idx: int | None) -> None:
+    """``acc[v] += sum_b (sum_{t: ids[b, t] = v} g[b, t])^2``: squared per-example embedding gradients.
+
+    ``ids`` ``(n, L)``, ``g`` ``(n, L, d)`` the per-example gradients of the looked-up vectors; ``padding_idx``
+    gets no gradient (as in ``nn.Embedding``).
+    """
+    V = acc.shape[0]
+    keys = ids + V * torch.arange(ids.shape[0], device=ids.device)[:, None]  # one key per (example, token id)
+    keep = ids != padding_idx if padding_idx is not None else torch.ones_like(ids, dtype=torch.bool)
+    unique, inverse = torch.unique(keys[keep], return_inverse=True)
+    summed = torch.zeros(unique.shape[0], g.shape[-1], dtype=acc.dtype, device=g.device)
+    summed.index_add_(0, inverse, g[keep].to(acc.dtype))
+    acc.index_add_(0, unique % V, summed.square_())
+
+
 def _restore_modes(modes: list[tuple[torch.nn.Module, bool]]) -> None:
     for module, training in modes:
         module.training = training
 
 
 def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Batch], *, kind: str = "empirical",
-                    max_examples: int | None = None, chunk_size: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+                    max_examples: int | None = None, chunk_size: int = 16, seed: int = 0,
+                    parameter_names: Iterable[str] | None = None,
+                    sparse_embeddings: bool | None = None) -> dict[str, torch.Tensor]:
     """Diagonal Fisher ``F_i = mean_x (d loss_x / d theta_i)^2`` over the rows of ``batches``.
 
     Args:
@@ -142,11 +186,16 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Batch], *, kind: s
             label -100) are skipped and not counted.
         kind: ``"empirical"`` (data labels) or ``"true"`` (labels sampled from the model, see :func:`sample_labels`).
         max_examples: stop after this many examples in total (None: every row of ``batches``).
-        chunk_size: rows per ``vmap`` call; bounds memory at ``chunk_size`` copies of the gradient.
+        chunk_size: rows per ``vmap`` call; bounds memory at ``chunk_size`` copies of the gradient. Lowered
+            (to 1 at least) so that the copies take at most ``VMAP_BYTES``: 1 row for a 135M-parameter model.
         seed: seeds the ``torch.Generator`` that samples the labels for ``kind="true"``.
+        parameter_names: only these trainable parameters (None: all of them), e.g. all but the task heads.
+        sparse_embeddings: take the input embedding's Fisher from the looked-up vectors (see the module
+            docstring); None: when the model sets ``fisher_sparse_embeddings = True``.
 
     Returns:
-        ``{name: F}`` for every trainable parameter (``named_parameters()`` with ``requires_grad``), each ``F``
+        ``{name: F}`` for every trainable parameter (``named_parameters()`` with ``requires_grad``; those of
+        ``parameter_names`` when given), each ``F``
         shaped like its parameter, on the model's device, in float32 (float64 for a float64 model).
 
     Example::
@@ -165,20 +214,39 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Batch], *, kind: s
     if "flash" in attn:
         raise ValueError(f"attention implementation {attn!r} takes no 4-D additive mask; load the model with "
                          "attn_implementation='sdpa' or 'eager' to compute a Fisher")
-    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if parameter_names is not None:
+        wanted = set(parameter_names)
+        unknown = sorted(wanted - set(trainable))
+        if unknown:
+            raise ValueError(f"parameter_names {unknown[:5]} are not trainable parameters of the model; e.g. "
+                             f"{list(trainable)[:3]}")
+        trainable = {n: p for n, p in trainable.items() if n in wanted}
+    params = {n: p.detach() for n, p in trainable.items()}
     if not params:
         raise ValueError("the model has no trainable parameter (requires_grad) to compute a Fisher for")
     first = next(iter(params.values()))
     device, dtype = first.device, first.dtype
     acc = {n: torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32)) for n, p in params.items()}
+    embedding = _sparse_embedding(model, trainable, sparse_embeddings)
+    emb_weight = None if embedding is None else params.pop(embedding[0])
     causal_lm, causal = is_causal_lm(model), _causal_attention(model)
+    row_bytes = sum(p.numel() * p.element_size() for p in params.values())
+    chunk_size = max(1, min(chunk_size, VMAP_BYTES // row_bytes))
     generator = torch.Generator(device=device).manual_seed(seed) if kind == "true" else None
 
     def row_loss(p: dict[str, torch.Tensor], row: Batch, constants: dict) -> torch.Tensor:
         inputs = {k: v.unsqueeze(0) for k, v in row.items()}  # each row as a batch of one
         return functional_call(model, p, args=(), kwargs={**inputs, **constants}).loss
 
+    def row_loss_embedded(p: dict[str, torch.Tensor], embeds: torch.Tensor, row: Batch,
+                          constants: dict) -> torch.Tensor:
+        inputs = {k: v.unsqueeze(0) for k, v in row.items()}
+        return functional_call(model, p, args=(), kwargs={**inputs, "inputs_embeds": embeds.unsqueeze(0),
+                                                          **constants}).loss
+
     per_example = vmap(grad(row_loss), in_dims=(None, 0, None))
+    per_example_embedded = vmap(grad(row_loss_embedded, argnums=(0, 1)), in_dims=(None, 0, 0, None))
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     seen = 0
@@ -195,7 +263,13 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Batch], *, kind: s
                 for start in range(0, n, chunk_size):
                     chunk = {k: v[start:start + chunk_size] for k, v in rows.items()}
                     try:
-                        grads = per_example(params, chunk, constants)
+                        if embedding is None:
+                            grads = per_example(params, chunk, constants)
+                        else:  # the lookup outside vmap; gradients w.r.t. the looked-up vectors (n, L, d)
+                            ids = chunk.pop("input_ids")
+                            grads, g_embeds = per_example_embedded(params, F.embedding(ids, emb_weight), chunk,
+                                                                   constants)
+                            _add_embedding_rows(acc[embedding[0]], ids, g_embeds, embedding[1])
                     except Exception as e:  # noqa: BLE001 -- re-raised with the likely cause
                         raise RuntimeError(
                             f"per-example gradients failed for {type(model).__name__}: under torch.func.vmap the "

@@ -10,7 +10,9 @@ LoRA (Hu et al. 2021) adds ``scaling * B A x`` to a frozen weight ``W`` with ``A
   arXiv:2310.14152) trains a new adapter per task, keeps the earlier ones frozen but active, keeps the new
   ``A`` rows orthogonal to the old ones, and sums all adapters at inference (no task identity).
 
-The base weights never change in any variant (peft freezes them). In peft 0.21 a ``LoraLayer`` forward is
+The base weights never change in any variant (peft freezes them). A model with one head per task
+(:class:`cl_utils.classifier.MultiHeadClassifier`) trains task ``k``'s head with task ``k``'s adapter, without LoRA,
+and freezes it when the task ends. In peft 0.21 a ``LoraLayer`` forward is
 ``base_layer(x) + sum over active adapters of lora_B(lora_A(dropout(x))) * scaling``, so several active adapters
 add up; ``set_adapter`` also sets ``requires_grad=True`` on every active adapter (and so does leaving
 ``disable_adapter()``), so these methods re-freeze what must not train after every such call.
@@ -27,7 +29,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from .benchmark import Benchmark, Task
-from .methods import Method
+from .methods import Method, task_head
 
 __all__ = ["LORA_TARGETS", "lora_targets", "lora_config", "adapter_name", "adapter_parameters", "lora_A_matrices",
            "orthogonality_penalty", "merged_model", "trainable_parameter_report", "adapter_size_on_disk",
@@ -166,14 +168,23 @@ class _LoRA(Method):
         self._begun.append(task_id)
         return name
 
+    def _train_head(self, model: torch.nn.Module, task_id: int, on: bool) -> None:
+        """(Un)freeze task ``task_id``'s own head, if the model has one per task."""
+        head = task_head(model, task_id)
+        if head is not None:
+            head.requires_grad_(on)
+
     def parameters(self, model: torch.nn.Module, task_id: int) -> list[torch.nn.Parameter]:
-        """Only the adapter being trained (``A`` and ``B`` of every adapted layer)."""
+        """Only the adapter being trained (``A`` and ``B`` of every adapted layer), and the task's own head."""
         if self._training is None:
             return []
-        return [p for p in adapter_parameters(model, self._training) if p.requires_grad]
+        head = task_head(model, task_id)
+        return [p for p in [*adapter_parameters(model, self._training), *(head.parameters() if head else [])]
+                if p.requires_grad]
 
     def end_task(self, model: torch.nn.Module, task_id: int, task: Task, benchmark: Benchmark) -> None:
         self._set_trainable(model, None)
+        self._train_head(model, task_id, False)
 
     def describe(self) -> dict[str, Any]:
         return {"r": self.r, "alpha": self.alpha, "dropout": self.dropout}
@@ -191,6 +202,7 @@ class SequentialLoRA(_LoRA):
     def begin_task(self, model: torch.nn.Module, task_id: int, task: Task) -> None:
         self._begun.append(task_id)
         self._set_trainable(model, self.ADAPTER)
+        self._train_head(model, task_id, True)
 
 
 class PerTaskLoRA(_LoRA):
@@ -210,6 +222,7 @@ class PerTaskLoRA(_LoRA):
         name = self._add_adapter(model, task_id)
         model.set_adapter(name)
         self._set_trainable(model, name)
+        self._train_head(model, task_id, True)
 
     def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], task_id: int | None) -> Any:
         if task_id is None or task_id not in self._begun:
@@ -255,6 +268,7 @@ class OLoRA(_LoRA):
         name = self._add_adapter(model, task_id)
         model.base_model.set_adapter([adapter_name(t) for t in self._begun])  # a list: all add up
         self._set_trainable(model, name)
+        self._train_head(model, task_id, True)
 
     def orthogonality(self, model: torch.nn.Module, task_id: int) -> torch.Tensor:
         """``sum_layers sum_{i<task_id} ||A_task_id A_i^T||_F^2`` (unweighted)."""

@@ -20,7 +20,18 @@ import torch
 
 from .benchmark import Benchmark, Task
 
-__all__ = ["Method", "Naive"]
+__all__ = ["Method", "Naive", "task_head"]
+
+
+def task_head(model: torch.nn.Module, task_id: int) -> torch.nn.Module | None:
+    """Task ``task_id``'s own output head when the model has one per task (``model.task_head``, as
+    :class:`cl_utils.classifier.MultiHeadClassifier`; a peft wrapper is looked through), else None.
+
+    Methods that freeze the model (prompts, LoRA) train this head with the task and freeze it afterwards.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get = getattr(base, "task_head", None)
+    return None if get is None else get(task_id)
 
 
 class Method:

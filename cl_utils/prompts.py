@@ -24,6 +24,11 @@ exactly the input task ``j`` was trained with, so its score never changes afterw
 construction). Columns without a task (``task_id=None``, e.g. the pretraining corpus) see the frozen base
 model with no prompt.
 
+Encoders (a model that is not a causal LM, e.g. :class:`cl_utils.classifier.MultiHeadClassifier`): the prompts go
+right after the first token, ``[CLS]; P_k; ...; P_0; x``, so ``[CLS]`` keeps position 0; and when the model has
+one head per task (``task_head``), task ``k``'s head trains with ``P_k`` and is frozen with it, while the
+encoder stays frozen throughout.
+
 Perplexity stays comparable with the base model: the virtual tokens get ``labels=-100``, and so does the
 first real token of a causal LM, which the base model never scores (nothing precedes it) but the last
 virtual token could predict. The mean loss therefore runs over exactly the tokens that
@@ -37,11 +42,22 @@ import torch
 from torch import nn
 
 from .benchmark import Benchmark, Task
-from .methods import Method
+from .methods import Method, task_head
 from .models import is_causal_lm
 
 __all__ = ["ProgressivePrompts", "PromptStack", "max_positions"]
 
+
+
+def _longest(dataset) -> int:
+    """Tokens in the longest item: ``dataset.longest`` when it says (variable-length items), else item 0's."""
+    longest = getattr(dataset, "longest", None)
+    return int(longest) if longest is not None else int(dataset[0]["input_ids"].shape[-1])
+
+
+def _insert(x: torch.Tensor, new: torch.Tensor, at: int) -> torch.Tensor:
+    """``new`` ``(B, n, ...)`` inserted into ``x`` ``(B, L, ...)`` before position ``at`` (dim 1)."""
+    return torch.cat([new, x], dim=1) if at == 0 else torch.cat([x[:, :at], new, x[:, at:]], dim=1)
 
 
 def max_positions(model: nn.Module) -> int | None:
@@ -120,6 +136,7 @@ class ProgressivePrompts(Method):
         self.layer_norm = layer_norm
         self.prompts = PromptStack()
         self.dim: int | None = None  # the model's embedding width, known after prepare()
+        self.position = 0  # where the prompts go: 0 (front) for a causal LM, 1 (after [CLS]) for an encoder
 
     @property
     def prompt_stack_length(self) -> int:
@@ -138,7 +155,7 @@ class ProgressivePrompts(Method):
         """Check that every prompt fits the model's positions (``ValueError`` naming the largest
         ``prompt_length`` that does), then freeze the model. Nothing is changed when a check fails."""
         datasets = [d for t in benchmark.tasks for d in (t.train, t.eval) if len(d)]
-        block = max(int(d[0]["input_ids"].shape[-1]) for d in datasets)
+        block = max(_longest(d) for d in datasets)
         limit, T = max_positions(model), len(benchmark.tasks)
         if limit is not None and self.prompt_length * T + block > limit:
             fits = (limit - block) // T
@@ -149,6 +166,7 @@ class ProgressivePrompts(Method):
         model.requires_grad_(False)
         self.dim = model.get_input_embeddings().weight.shape[-1]
         self.prompts = PromptStack()
+        self.position = 0 if is_causal_lm(model) else 1  # encoders: after [CLS]
         return model
 
     def begin_task(self, model: nn.Module, task_id: int, task: Task) -> None:
@@ -156,18 +174,27 @@ class ProgressivePrompts(Method):
         weight = model.get_input_embeddings().weight
         rows = torch.randint(weight.shape[0], (self.prompt_length,)).to(weight.device)
         self.prompts.start(weight[rows], self.reparam_hidden, self.layer_norm)
+        head = task_head(model, task_id)
+        if head is not None:
+            head.requires_grad_(True)
 
     def parameters(self, model: nn.Module, task_id: int) -> list[nn.Parameter]:
-        """Only the new prompt's E and its MLP; the model and earlier prompts are not in the optimiser."""
+        """Only the new prompt's E and its MLP (and the task's own head, if the model has one per task); the model
+        and earlier prompts are not in the optimiser."""
         if self.prompts.embedding is None:
             raise RuntimeError("ProgressivePrompts.parameters: call begin_task first")
-        return [self.prompts.embedding, *self.prompts.mlp.parameters()]
+        head = task_head(model, task_id)
+        return [self.prompts.embedding, *self.prompts.mlp.parameters(), *(head.parameters() if head else [])]
 
     def end_task(self, model: nn.Module, task_id: int, task: Task, benchmark: Benchmark) -> None:
         self.prompts.fold()
+        head = task_head(model, task_id)
+        if head is not None:
+            head.requires_grad_(False)
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], task_id: int | None) -> Any:
-        """``model`` on ``[P_j; ...; P_0; embed(input_ids)]``, ``j = min(task_id, prompts so far - 1)``.
+        """``model`` on ``[P_j; ...; P_0; embed(input_ids)]``, ``j = min(task_id, prompts so far - 1)`` (encoders:
+        ``[embed(CLS); P_j; ...; P_0; embed(rest)]``).
 
         ``batch``: ``input_ids`` ``(B, L)`` with optional ``attention_mask`` and ``token_type_ids``
         ``(B, L)``, and ``labels`` either ``(B, L)`` (token-level: prefixed with -100, and for a causal LM
@@ -183,24 +210,28 @@ class ProgressivePrompts(Method):
         B, L = ids.shape
         prompt = self.prompts.stack(n_prompts)
         n = prompt.shape[0]
+        at = self.position
         embeds = model.get_input_embeddings()(ids)
-        batch["inputs_embeds"] = torch.cat([prompt.to(embeds.dtype).expand(B, -1, -1), embeds], dim=1)
+        batch["inputs_embeds"] = _insert(embeds, prompt.to(embeds.dtype).expand(B, -1, -1), at)
         mask = batch.get("attention_mask")
         mask = torch.ones_like(ids) if mask is None else mask
-        batch["attention_mask"] = torch.cat([mask.new_ones(B, n), mask], dim=1)
+        batch["attention_mask"] = _insert(mask, mask.new_ones(B, n), at)
         if "token_type_ids" in batch:
             types = batch["token_type_ids"]
-            batch["token_type_ids"] = torch.cat([types.new_zeros(B, n), types], dim=1)
+            batch["token_type_ids"] = _insert(types, types.new_zeros(B, n), at)
         labels = batch.get("labels")
         if labels is not None and labels.shape == ids.shape:
             if is_causal_lm(model):
                 labels = labels.clone()
                 labels[:, 0] = -100
-            batch["labels"] = torch.cat([labels.new_full((B, n), -100), labels], dim=1)
+            batch["labels"] = _insert(labels, labels.new_full((B, n), -100), at)
         return model(**batch)
 
     def describe(self) -> dict[str, Any]:
+        order = "newest first: [P_k; ...; P_0; x]"
+        if self.position == 1:
+            order = "newest first, after the first token: [CLS; P_k; ...; P_0; x]; the task's head trains with P_k"
         return {"prompt_length": self.prompt_length, "reparam_hidden": self.reparam_hidden,
-                "layer_norm": self.layer_norm, "prompt_order": "newest first: [P_k; ...; P_0; x]",
+                "layer_norm": self.layer_norm, "prompt_order": order,
                 "prompt_init": "random vocabulary embeddings",
                 "lr_note": "prompt tuning needs a far higher lr than fine-tuning (e.g. 3e-2)"}

@@ -87,7 +87,7 @@ def test_smoke_profile_same_seed_gives_identical_R():
 def test_setup_rejects_unknown_benchmark():
     from cl_utils.experiment import setup
 
-    with pytest.raises(ValueError, match=r"unknown benchmark 'vision'; valid: \['lm'\]"):
+    with pytest.raises(ValueError, match=r"unknown benchmark 'vision'; valid: \['lm', 'classification'\]"):
         setup("smoke", seed=0, benchmark="vision")
 
 
