@@ -23,10 +23,12 @@ from .config import Profile, TrainSpec, get_profile
 from .data import lm_benchmark
 from .methods import Method, Naive
 from .models import BaseModel, default_device, load_base
+from .paths import runs_dir
 from .plotting import save_figure
 from .repro import set_seed
-from .results import load_result, save_results
+from .results import load_result, results_path, save_results
 from .stream import StreamResult, run_joint, run_stream
+from .training import autocast, move
 
 __all__ = ["Experiment", "setup", "BENCHMARKS"]
 
@@ -91,6 +93,30 @@ class Experiment:
         result = self.run(Naive()) if method == "naive" else self.run_joint()
         self.save(result)
         return result
+
+    def model_dir(self, result: StreamResult) -> Path:
+        """``runs/<profile>/models/<benchmark>__<method>[__seed<k>]``: where a trained model of ``result`` is saved."""
+        name = results_path(self.profile.name, self.benchmark.name, result.method, self.seed).stem
+        return runs_dir() / self.profile.name / "models" / name
+
+    @torch.no_grad()
+    def score(self, model: torch.nn.Module, task_id: int, *, method: Method | None = None) -> float:
+        """The benchmark's score of ``model`` on task ``task_id``'s eval split, through ``method.forward``
+        (default: the plain model), exactly as the stream runner evaluates it."""
+        if not 0 <= task_id < len(self.benchmark.tasks):
+            raise ValueError(f"task_id must be in [0, {len(self.benchmark.tasks)}), got {task_id}")
+        method = method or Method()
+        was_training = model.training
+        model.eval()
+        loader = self.benchmark.loader(self.benchmark.tasks[task_id].eval, self.eval_batch_size)
+
+        def forward(batch):
+            with autocast(self.device):
+                return method.forward(model, move(batch, self.device), task_id)
+
+        out = self.benchmark.score(forward, loader)
+        model.train(was_training)
+        return out
 
     def save_figure(self, fig, name: str) -> Path:
         """``figures/<profile>/<benchmark>__<name>[__seed<k>].png``"""
