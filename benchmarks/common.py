@@ -1,52 +1,76 @@
-"""What every benchmark shares: the model sizes, random blocks, thread setup, a step and an interleaved timer.
+"""What every benchmark shares: the model sizes, random blocks, a step, an interleaved timer, a peak-memory
+probe, and the rows they all report.
 
 Random token blocks stand in for data: cost depends on shapes, not on the tokens.
 """
 from __future__ import annotations
 
+import gc
+import math
 import os
 import statistics
+import sys
+import tempfile
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import accumulate
 from typing import Callable, Iterable
 
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
 # The `embedded` profile's GPT-2 (cl_utils.config.ModelSpec defaults) and a tiny one for --quick.
 EMBEDDED = dict(vocab_size=4096, n_positions=256, n_embd=128, n_layer=4, n_head=4)
 QUICK = dict(vocab_size=256, n_positions=64, n_embd=32, n_layer=2, n_head=2)
+MiB = 2 ** 20
+
+Step = Callable[[], object]
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def set_threads(threads: int = 0) -> int:
     """Use ``threads`` torch threads (0: every core this process may run on); return the number."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = threads or cores
+    threads = threads or cores()
     torch.set_num_threads(threads)
     return threads
 
 
-def gpt2(quick: bool, seed: int = 0) -> GPT2LMHeadModel:
-    """The benchmark model, built from its config: no dropout, end-of-text id inside the vocabulary."""
-    hf_logging.set_verbosity_error()
-    torch.manual_seed(seed)
-    cfg = GPT2Config(**(QUICK if quick else EMBEDDED), bos_token_id=0, eos_token_id=0,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = GPT2LMHeadModel(cfg)
-    model.loss_type = "ForCausalLM"
-    return model
+@dataclass(frozen=True)
+class Setup:
+    """The size (``quick``: a tiny model and few repeats) and the device every benchmark runs on."""
+    quick: bool = False
+    device: str = "cpu"
 
+    def model(self, seed: int = 0) -> GPT2LMHeadModel:
+        """The benchmark model, built from its config: no dropout, end-of-text id inside the vocabulary."""
+        hf_logging.set_verbosity_error()
+        torch.manual_seed(seed)
+        cfg = GPT2Config(**(QUICK if self.quick else EMBEDDED), bos_token_id=0, eos_token_id=0,
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        model = GPT2LMHeadModel(cfg)
+        model.loss_type = "ForCausalLM"
+        return model.to(self.device)
 
-def blocks(n: int, length: int, vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """``n`` random blocks of ``length`` tokens, as a batch with labels."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (n, length), generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    def blocks(self, n: int, length: int, vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
+        """``n`` random blocks of ``length`` tokens, as a batch with labels."""
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, vocab, (n, length), generator=g)
+        return {k: v.to(self.device) for k, v in
+                {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}.items()}
 
 
 def adamw_step(loss_fn: Callable[[], torch.Tensor], params: Iterable[torch.nn.Parameter],
-               lr: float = 1e-5) -> Callable[[], None]:
-    """One training step (forward via ``loss_fn``, backward, AdamW) over ``params``, as a callable."""
+               lr: float = 1e-5) -> Step:
+    """One training step (forward via ``loss_fn``, backward, AdamW) over ``params``, as a callable.
+    The optimizer's state is created by the first call."""
     opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr)
 
     def step() -> None:
@@ -56,8 +80,12 @@ def adamw_step(loss_fn: Callable[[], torch.Tensor], params: Iterable[torch.nn.Pa
     return step
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int | dict[str, int],
-                warmup: int = 1) -> dict[str, float]:
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def interleaved(fns: dict[str, Step], repeats: int | dict[str, int], warmup: int = 1) -> dict[str, float]:
     """Median seconds of each function: ``warmup`` untimed runs each, then round-robin timed runs
     (``repeats``, or ``repeats[name]``), so that load changes on a shared machine hit every one alike."""
     counts = repeats if isinstance(repeats, dict) else {name: repeats for name in fns}
@@ -65,14 +93,122 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int | dict[str, i
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    _sync()
     for r in range(max(counts.values())):
         for name, fn in fns.items():
             if r < counts[name]:
                 start = time.perf_counter()
                 fn()
+                _sync()
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
+# -- peak memory -------------------------------------------------------------------------------------------
+MEMORY_NOTE = ("peak memory: the most tensor memory held at once during one call, over what was held before it "
+               "(CPU: torch.profiler's allocation events, profile_memory=True; CUDA: torch.cuda.max_memory_allocated), "
+               "so the allocator's slack and Python objects are left out; each call starts with no gradients and, for "
+               "a training step, a fresh AdamW, so gradients, optimizer state, activations and temporaries all count")
+
+
+@contextmanager
+def _quiet_kineto():
+    """Kineto writes a USDT/STAGE line to fd 2 when it starts and stops: drop those, pass on the rest."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines(keepends=True):
+                if not line.startswith(("USDT:", "STAGE:")):
+                    sys.stderr.write(line)
+
+
+def _cpu_peak(fn: Step) -> float:
+    with _quiet_kineto(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)
+    return float(max(accumulate(nbytes for _, nbytes in events), default=0))
+
+
+def peak_memory(fn: Step, modules: Iterable[torch.nn.Module], device: str) -> float:
+    """Peak extra tensor memory of one call of ``fn``, in bytes (see ``MEMORY_NOTE``); the gradients of
+    ``modules`` are dropped first."""
+    for module in modules:
+        module.zero_grad(set_to_none=True)
+    gc.collect()
+    if not device.startswith("cuda"):
+        return max(_cpu_peak(fn), 0.0)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return float(torch.cuda.max_memory_allocated() - before)
+
+
+# -- rows --------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One line of the table: ``value`` against ``ref_value`` (the ``reference``), in ``unit``.
+
+    ``ratio`` is always the measured piece's cost over the reference's (time, or memory): > 1 costs more.
+    ``target`` is ``(op, bound)`` on that ratio, op ``"<="`` or ``">="``; None: a measurement without a target.
+    """
+    name: str
+    value: float
+    reference: str
+    ref_value: float
+    unit: str
+    ratio: float
+    target: tuple[str, float] | None = None
+    kind: str = "time"
+
+    @property
+    def verdict(self) -> str:
+        if self.target is None:
+            return "–"
+        op, bound = self.target
+        return "PASS" if (self.ratio <= bound if op == "<=" else self.ratio >= bound) else "FAIL"
+
+
+def _ratio(cost: float, ref_cost: float) -> float:
+    return cost / ref_cost if ref_cost > 0 else math.nan
+
+
+def compare(fns: dict[str, Callable[[], Step]], against: dict[str, str], labels: dict[str, str],
+            repeats: int | dict[str, int], device: str, *, warmup: int = 1, modules: Iterable[torch.nn.Module] = (),
+            targets: dict[str, tuple[str, float]] | None = None, tokens: int | None = None) -> list[Row]:
+    """Time the pieces together (:func:`interleaved`), then the peak memory of one call each, and compare
+    each piece named in ``against`` with its reference piece.
+
+    ``fns`` maps a piece to a factory that builds it (called again, fresh, for the memory probe, so a
+    training step's optimizer state counts); ``labels`` names the pieces in the table; ``targets`` (by piece)
+    bound the time ratio; ``tokens``: tokens per call, to report throughput (tokens/s) instead of seconds.
+    """
+    targets = targets or {}
+    modules = list(modules)
+    seconds = interleaved({name: make() for name, make in fns.items()}, repeats, warmup)
+    memory = {name: peak_memory(make(), modules, device) for name, make in fns.items()}
+    timed, peaks = [], []
+    for name, ref in against.items():
+        if tokens is None:
+            value, ref_value, unit = seconds[name], seconds[ref], "s"
+        else:
+            value, ref_value, unit = tokens / seconds[name], tokens / seconds[ref], "tokens/s"
+        timed.append(Row(labels[name], value, labels[ref], ref_value, unit, _ratio(seconds[name], seconds[ref]),
+                         targets.get(name)))
+        peaks.append(Row(labels[name], memory[name], labels[ref], memory[ref], "B",
+                         _ratio(memory[name], memory[ref]), kind="memory"))
+    return timed + peaks
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

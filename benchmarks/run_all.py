@@ -1,0 +1,121 @@
+"""Run every benchmark and print one markdown table (``make bench``; ``python -m benchmarks [--quick]``).
+
+Speed and peak memory of each method's pieces on the ``embedded``-sized GPT-2 (``--quick``: a tiny model,
+seconds), each against its reference: the Fisher, an EWC step, a prompt-tuning step, a LoRA step, evaluation
+throughput. Random token blocks stand in for data: cost depends on shapes, not on the tokens. Each module
+interleaves the pieces it compares, so load changes on a shared machine hit them alike; every time is a median.
+
+Verdicts are evidence, not a gate: the command exits 0 whatever they say (a crash still fails it). When
+another process holds one of the cores, every multi-threaded op waits for the descheduled thread;
+``--threads 1`` then gives steadier numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+
+import torch
+
+from . import bench_eval, bench_ewc, bench_fisher, bench_lora, bench_prompts
+from .common import EMBEDDED, MEMORY_NOTE, QUICK, MiB, Row, Setup, cores, set_threads
+
+BENCHES = {"fisher": bench_fisher, "ewc": bench_ewc, "prompts": bench_prompts, "lora": bench_lora,
+           "eval": bench_eval}
+COLUMNS = ("benchmark", "measured", "reference", "ratio", "target", "verdict")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine(device: str) -> str:
+    """One line: CPU, cores, torch threads and version, device, load average."""
+    usable = cores()
+    total = os.cpu_count() or usable
+    line = (f"{cpu_model()}, {total} cores" + (f" ({usable} usable)" if usable != total else "")
+            + f", {torch.get_num_threads()} torch threads, torch {torch.__version__}, device {device}")
+    if device.startswith("cuda"):
+        line += f" ({torch.cuda.get_device_name(device)})"
+    if hasattr(os, "getloadavg"):
+        line += f"; load average {os.getloadavg()[0]:.2f} at start"
+    return line
+
+
+def _amount(value: float, unit: str) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if unit == "s":
+        return f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.2f} s"
+    if unit == "B":
+        return f"{value / MiB:.1f} MiB"
+    return f"{value:,.0f} {unit}"
+
+
+def cells(row: Row) -> tuple[str, ...]:
+    name = f"peak memory: {row.name}" if row.kind == "memory" else row.name
+    ratio = "–" if math.isnan(row.ratio) else f"{row.ratio:.2f}×"
+    target = "–" if row.target is None else f"{'≤' if row.target[0] == '<=' else '≥'} {row.target[1]:g}×"
+    return (name, _amount(row.value, row.unit), f"{row.reference}: {_amount(row.ref_value, row.unit)}",
+            ratio, target, row.verdict)
+
+
+def table(rows: list[Row]) -> str:
+    """The markdown table: timings first, then peak memory, each in benchmark order."""
+    ordered = [r for r in rows if r.kind == "time"] + [r for r in rows if r.kind == "memory"]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cells(r)) + " |" for r in ordered]
+    return "\n".join(lines)
+
+
+def collect(setup: Setup, names: list[str] | None = None) -> list[Row]:
+    """Every row of the benchmarks ``names`` (default: all), in order; progress on stderr."""
+    rows: list[Row] = []
+    for name in names or list(BENCHES):
+        start = time.perf_counter()
+        rows += BENCHES[name].rows(setup)
+        print(f"=== {name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a tiny model and few repeats (a smoke run, seconds)")
+    ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHES)}")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: the CPU cores available)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    args = ap.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or None
+    unknown = sorted(set(names or []) - set(BENCHES))
+    if unknown:
+        ap.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHES)}")
+    set_threads(args.threads)
+    setup = Setup(quick=args.quick, device=args.device)
+    size = QUICK if args.quick else EMBEDDED
+    head = machine(args.device)
+    start = time.perf_counter()
+    rows = collect(setup, names)
+    elapsed = time.perf_counter() - start
+    met = [r for r in rows if r.target is not None]
+    print(f"Machine: {head}")
+    print(f"Model: GPT-2 {size['n_layer']} layers x {size['n_embd']}, vocabulary {size['vocab_size']}"
+          f"{' (--quick)' if args.quick else ' (the embedded profile)'}; measured in {elapsed:.0f} s\n")
+    print(table(rows))
+    print(f"\n{sum(r.verdict == 'PASS' for r in met)} of {len(met)} targets met. ratio: the measured piece's cost "
+          "(time, or memory) over its reference's; > 1 costs more. Times: medians of interleaved repeats. "
+          f"{MEMORY_NOTE}.")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
