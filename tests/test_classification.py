@@ -215,6 +215,8 @@ def test_fisher_of_the_classifier_matches_a_per_example_loop_with_padded_rows():
     for name, value in loop.items():
         torch.testing.assert_close(sparse[name], value / 6, rtol=1e-5, atol=1e-12, msg=name)
         torch.testing.assert_close(dense[name], value / 6, rtol=1e-5, atol=1e-12, msg=name)
+    true = diagonal_fisher(model, [batch], kind="true", parameter_names=names)  # labels drawn from each row's head
+    assert set(true) == set(names) and all(torch.isfinite(f).all() for f in true.values())
 
 
 # -- hub profile ------------------------------------------------------------------------------------------------
