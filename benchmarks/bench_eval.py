@@ -11,7 +11,7 @@ from .common import Row, Setup, compare
 
 
 def rows(setup: Setup) -> list[Row]:
-    n, block, batch, repeats = (16, 32, 4, 5) if setup.quick else (64, 128, 16, 5)
+    n, block, batch, repeats = (16, 32, 4, 5) if setup.quick else (64, 128, 16, 11)
     model = setup.model().eval()
     data = setup.blocks(n, block, model.config.vocab_size)
     batches = [{k: v[i:i + batch] for k, v in data.items()} for i in range(0, n, batch)]
