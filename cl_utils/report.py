@@ -192,7 +192,7 @@ class Comparison:
                              f"{mean.loc['joint', 'ACC']:.3f} (gap {mean.loc['joint', 'ACC'] - best.iloc[0]:+.3f})")
         return "\n".join(lines)
 
-    def regression_summary(self, digits: int = 2) -> str:
+    def regression_summary(self, digits: int = 3) -> str:
         """Method names with their final-row scores and metrics, rounded: stable text for the nbval check."""
         mean, _ = self.stats()
         cols = ["seeds", "ACC", "BWT", "FWT", "forgetting"]

@@ -132,7 +132,7 @@ def forgetting_table(r: StreamResult):
     return pd.DataFrame(rows).set_index("evaluated on")
 
 
-def summary_text(results: list[StreamResult], digits: int = 2) -> str:
+def summary_text(results: list[StreamResult], digits: int = 3) -> str:
     """Each method's name, R matrix and metrics, rounded: the text 05 and the nbval regression check compare.
 
     ``digits`` is chosen so the text is stable from run to run (same seed) and changes when a result

@@ -1,4 +1,9 @@
-"""Every notebook, executed with papermill on the smoke profile, exactly as `make reproduce` runs it."""
+"""Notebooks executed with papermill on the smoke profile, exactly as `make reproduce` runs them.
+
+The `lm` benchmark of every notebook runs in the nbval regression check (tests/golden, second step of
+`make test`), which also checks what those runs leave behind. Here: the `classification` benchmark of 01-04,
+then 05_evaluation, which must show classification and say that the lm results are missing.
+"""
 import json
 import time
 from pathlib import Path
@@ -10,35 +15,79 @@ from cl_utils.paths import figures_dir, results_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-# What each notebook must leave behind on the smoke profile: results files and figures.
+# What each method notebook must leave behind: results files and figures (benchmark name prefixed).
 EXPECTED = {
-    "01_baseline_forgetting": (["lm__naive.json", "lm__joint.json"], ["lm__naive.png"]),
-    "02_ewc": (["lm__ewc.json", "lm__online_ewc.json"], ["lm__ewc.png", "lm__ewc_lambda_sweep.png"]),
-    "03_progressive_prompts": (["lm__progressive_prompts.json"], ["lm__progressive_prompts.png"]),
-    "04_lora": (["lm__lora_sequential.json", "lm__lora_per_task.json", "lm__olora.json"], ["lm__lora.png"]),
+    "01_baseline_forgetting": (["naive", "joint"], ["naive"]),
+    "02_ewc": (["ewc", "online_ewc"], ["ewc", "ewc_lambda_sweep"]),
+    "03_progressive_prompts": (["progressive_prompts"], ["progressive_prompts"]),
+    "04_lora": (["lora_sequential", "lora_per_task", "olora"], ["lora"]),
 }
+COMPARISON_FIGURES = ["comparison_matrices", "comparison_trajectories", "comparison_transfer"]
+
+
+def check_outputs(notebook: str, benchmark: str, profile: str = "smoke", n_tasks: int = 3) -> None:
+    """The results files and figures ``notebook`` must have written for ``benchmark`` (shared with tests/golden)."""
+    methods, figures = EXPECTED[notebook]
+    for method in methods:
+        data = json.loads((results_dir(profile) / f"{benchmark}__{method}.json").read_text())
+        T = len(data["tasks"])
+        assert data["profile"] == profile and data["seed"] == 0 and data["benchmark"] == benchmark and T == n_tasks
+        assert len(data["R"]) == T and all(len(row) == T for row in data["R"])
+        assert data["R"][-1][0] is not None and len(data["b"]) == T
+    for name in figures:
+        assert (figures_dir(profile) / f"{benchmark}__{name}.png").stat().st_size > 10_000
+
+
+def execute(nb: Path, out: Path, **parameters) -> float:
+    start = time.perf_counter()
+    pm.execute_notebook(str(nb), str(out), parameters={"PROFILE": "smoke", "SEED": 0, **parameters},
+                        cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
+    return time.perf_counter() - start
 
 
 def test_every_notebook_is_covered():
     assert NOTEBOOKS, "no notebooks found"
-    assert {nb.stem for nb in NOTEBOOKS} <= set(EXPECTED)
+    assert {nb.stem for nb in NOTEBOOKS} == {*EXPECTED, "05_evaluation"}
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_on_smoke(nb, tmp_path):
-    start = time.perf_counter()
-    pm.execute_notebook(str(nb), str(tmp_path / nb.name), parameters={"PROFILE": "smoke", "SEED": 0},
-                        cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
-    elapsed = time.perf_counter() - start
-    results, figures = EXPECTED[nb.stem]
-    for name in results:
-        data = json.loads((results_dir("smoke") / name).read_text())
-        T = len(data["tasks"])
-        assert data["profile"] == "smoke" and data["seed"] == 0 and T == 3
-        assert len(data["R"]) == T and all(len(row) == T for row in data["R"])
-        assert data["R"][-1][0] is not None and len(data["b"]) == T
-    for name in figures:
-        assert (figures_dir("smoke") / name).stat().st_size > 10_000
+@pytest.mark.parametrize("nb", [nb for nb in NOTEBOOKS if nb.stem in EXPECTED], ids=lambda p: p.stem)
+def test_method_notebook_runs_classification_on_smoke(nb, tmp_path):
+    elapsed = execute(nb, tmp_path / nb.name, BENCHMARK="classification")
+    check_outputs(nb.stem, "classification", n_tasks=2)
     # The smoke budget is under 60 s on 2 cores; twice that catches a budget that drifted, not noise.
     assert elapsed < 120, f"{nb.stem} took {elapsed:.0f} s on the smoke profile"
+
+
+@pytest.mark.notebook
+def test_evaluation_notebook_compares_what_exists(tmp_path):
+    """Runs after the classification notebooks above (same runs folder): shows them, names the missing lm ones."""
+    nb = ROOT / "notebooks" / "05_evaluation.ipynb"
+    execute(nb, tmp_path / nb.name)
+    text = json.dumps(json.loads((tmp_path / nb.name).read_text())["cells"])
+    assert "lm: missing results" in text and "joint, naive: run notebooks/01_baseline_forgetting.ipynb" in text
+    assert "classification: every method has results" in text
+    for name in COMPARISON_FIGURES:
+        assert (figures_dir("smoke") / f"classification__{name}.png").stat().st_size > 10_000
+        assert not (figures_dir("smoke") / f"lm__{name}.png").exists()
+
+
+def test_golden_copies_match_the_notebooks():
+    """nbval runs tests/golden/*.ipynb, not notebooks/: code edited without `make golden` would go unchecked
+    (markdown may differ: it is not executed)."""
+    golden = ROOT / "tests" / "golden"
+    for nb in NOTEBOOKS:
+        copy = golden / nb.name
+        assert copy.exists(), f"tests/golden/{nb.name} is missing: run `make golden`"
+        cells = lambda path: ["".join(c["source"]) for c in json.loads(path.read_text())["cells"]  # noqa: E731
+                              if c["cell_type"] == "code"
+                              and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+        assert cells(copy) == cells(nb), f"tests/golden/{nb.name} is stale: run `make golden` and review the diff"
+
+
+def test_each_notebook_has_exactly_one_regression_cell():
+    """nbval only recognises the marker as a whole comment line (`# NBVAL_CHECK_OUTPUT`, nothing after it)."""
+    for nb in NOTEBOOKS:
+        marked = [c for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"
+                  and any(line.strip() == "# NBVAL_CHECK_OUTPUT" for line in "".join(c["source"]).splitlines())]
+        assert len(marked) == 1, f"{nb.name}: {len(marked)} cells marked for the regression check"
