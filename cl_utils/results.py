@@ -21,7 +21,7 @@ from .repro import package_versions
 from .scores import view
 from .stream import StreamResult
 
-__all__ = ["results_path", "save_results", "load_results", "load_result", "result_from_dict", "metrics_table",
+__all__ = ["results_path", "sweep_tag", "save_results", "load_results", "load_result", "result_from_dict", "metrics_table",
            "forgetting_table", "summary_text"]
 
 _NAME = re.compile(r"^[a-z0-9_]+$")
@@ -36,6 +36,17 @@ def results_path(profile: str, benchmark: str, method: str, seed: int, *, sweep:
     if sweep:
         return results_dir(profile) / "sweeps" / f"{benchmark}__{method}__{sweep}{suffix}.json"
     return results_dir(profile) / f"{benchmark}__{method}{suffix}.json"
+
+
+def sweep_tag(name: str, value: float) -> str:
+    """A file-safe sweep name for one hyperparameter value: ``sweep_tag("lam", 1e6) == "lam1e6"``,
+    ``sweep_tag("lr", 0.003) == "lr0p003"``, ``sweep_tag("lam", 2.5e-5) == "lam2p5em5"``."""
+    text = f"{value:g}"
+    mantissa, _, exponent = text.partition("e")
+    tag = mantissa.replace("-", "m").replace(".", "p")
+    if exponent:
+        tag += "e" + str(int(exponent)).replace("-", "m")
+    return name + tag
 
 
 def _nan_to_none(a: np.ndarray) -> list:

@@ -7,7 +7,7 @@ import pytest
 from cl_utils.config import TrainSpec, get_profile
 from cl_utils.methods import Naive
 from cl_utils.models import load_base
-from cl_utils.results import load_results, result_from_dict, results_path, save_results
+from cl_utils.results import load_results, result_from_dict, results_path, save_results, sweep_tag
 from cl_utils.stream import run_joint, run_stream
 
 from .conftest import make_tiny_model
@@ -89,6 +89,14 @@ def test_setup_rejects_unknown_benchmark():
 
     with pytest.raises(ValueError, match=r"unknown benchmark 'vision'; valid: \['lm', 'classification'\]"):
         setup("smoke", seed=0, benchmark="vision")
+
+
+@pytest.mark.parametrize("value, tag", [(300, "lam300"), (1e5, "lam100000"), (1e6, "lam1e6"), (3e-3, "lam0p003"),
+                                        (2.5e-5, "lam2p5em5"), (-1.5, "lamm1p5")])
+def test_sweep_tag_is_a_valid_file_name_for_any_value(value, tag):
+    """The tuned classification λ 1e6 formats as '1e+06' with :g, which is not a valid results name."""
+    assert sweep_tag("lam", value) == tag
+    assert results_path("smoke", "lm", "ewc", 0, sweep=tag).name == f"lm__ewc__{tag}.json"
 
 
 def test_sweep_points_are_filed_apart_and_load_result_finds_saved_runs(tiny_tokenizer, tiny_benchmark, tmp_path,
