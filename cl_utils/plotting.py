@@ -45,6 +45,7 @@ def plot_matrix(r: StreamResult, ax=None, *, vmin: float | None = None, vmax: fl
         ax.axvline(len(r.tasks), color="white", lw=4)
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("")
+    ax.tick_params(axis="y", labelrotation=0)  # seaborn turns row labels vertical when it thinks they overlap
     ax.set_title(title or r.method)
     return ax
 
@@ -82,20 +83,30 @@ def _shade_tasks(ax, tasks: list[str]) -> None:
         ax.axvspan(i + 0.5, i + 1.5, color=f"C{i}", alpha=0.07)
 
 
-def plot_matrices(results: list[StreamResult], *, width: float = 4.6):
-    """The heatmaps of several methods side by side on one shared colour scale (one colour bar, at the right)."""
+def plot_matrices(results: list[StreamResult], *, width: float = 4.6, ncols: int = 4):
+    """The heatmaps of several methods on one shared colour scale, ``ncols`` to a row, one colour bar at the right."""
     if not results:
         raise ValueError("plot_matrices needs at least one result")
+    if ncols < 1:
+        raise ValueError(f"plot_matrices: ncols must be >= 1, got {ncols}")
     v = view(results[0].benchmark)
     lo, hi = v.limits([r.scores for r in results])
-    fig, axes = plt.subplots(1, len(results), figsize=(width * len(results) + 1, 0.55 * len(results[0].scores) + 2),
-                             squeeze=False)
-    for k, (ax, r) in enumerate(zip(axes[0], results)):
-        plot_matrix(r, ax, vmin=lo, vmax=hi, cbar=k == len(results) - 1)
-        if k:
+    cols = min(ncols, len(results))
+    rows = -(-len(results) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols + 1.2, (0.55 * len(results[0].scores) + 1.6) * rows + 0.6),
+                             squeeze=False, layout="constrained")
+    for k, ax in enumerate(axes.flat):
+        if k >= len(results):
+            ax.set_axis_off()
+            continue
+        plot_matrix(results[k], ax, vmin=lo, vmax=hi, cbar=False)
+        if k % cols:
             ax.set_yticklabels([])
+    bar = fig.colorbar(axes.flat[0].collections[0], ax=axes.ravel().tolist(), shrink=0.9,
+                       label=v.name + (" (log scale)" if v.log_scale else ""))
+    if v.log_scale:
+        _plain_log_axis(bar.ax.yaxis)
     fig.suptitle(f"{v.name} after each task, every method on one colour scale")
-    fig.tight_layout()
     return fig
 
 
@@ -135,10 +146,13 @@ def plot_transfer(mean, std, *, ax=None, unit: str = ""):
     x = np.arange(len(mean))
     for k, metric in enumerate(["BWT", "FWT"]):
         values = mean[metric].astype(float).to_numpy()
-        errors = std[metric].astype(float).fillna(0).to_numpy()
-        ax.bar(x + (k - 0.5) * 0.38, np.nan_to_num(values), 0.38, yerr=errors, capsize=3, label=metric,
-               color=f"C{k}", alpha=0.85)
+        errors = std[metric].astype(float)
+        errors = None if errors.isna().all() else errors.fillna(0).to_numpy()  # one seed: no error bars at all
+        bars = ax.bar(x + (k - 0.5) * 0.38, np.nan_to_num(values), 0.38, yerr=errors, capsize=3, label=metric,
+                      color=f"C{k}", alpha=0.85)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)  # a bar of exactly 0 is otherwise invisible
     ax.axhline(0, color="k", lw=0.8)
+    ax.margins(y=0.15)  # room for the value labels above and below the bars
     ax.set_xticks(x, mean.index, rotation=20)
     ax.set_ylabel(f"transfer ({unit}; higher is better)" if unit else "transfer (higher is better)")
     ax.set_title("Backward and forward transfer")

@@ -42,3 +42,20 @@ def test_unknown_fields_raise_with_the_valid_names(key, match):
 def test_bad_values_are_refused(key, value, match):
     with pytest.raises(ValueError, match=match):
         get_profile("smoke", {key: value})
+
+
+def test_tuned_values_come_from_the_argument_then_the_profile_then_the_benchmark(monkeypatch):
+    from cl_utils import tuned as tuned_module
+    from cl_utils.tuned import TUNED, tuned
+
+    assert tuned("lm", "lora_lr", 0.5) == 0.5
+    assert tuned("lm", "lora_lr") == TUNED["lm"]["lora_lr"]
+    assert tuned("lm", "lora_lr", profile="embedded") == TUNED["lm"]["lora_lr"]  # no own values: the benchmark's
+    monkeypatch.setitem(tuned_module.PROFILE_TUNED, ("p", "lm"), {"lora_lr": 7.0})
+    assert tuned("lm", "lora_lr", profile="p") == 7.0 and tuned("lm", "lora_lr", 0.5, profile="p") == 0.5
+    assert tuned("lm", "prompt_lr", profile="p") == TUNED["lm"]["prompt_lr"]  # a key it does not set falls through
+    assert tuned("classification", "lora_lr", profile="p") == TUNED["classification"]["lora_lr"]
+    with pytest.raises(ValueError, match=r"no tuned value 'lr' for benchmark 'lm'; known: .*'lora_lr'"):
+        tuned("lm", "lr")
+    for key in ("ewc_lambdas", "fisher_examples", "prompt_lr", "lora_lr"):  # every benchmark has every key
+        assert all(key in values for values in TUNED.values())

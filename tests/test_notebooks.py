@@ -91,3 +91,14 @@ def test_each_notebook_has_exactly_one_regression_cell():
         marked = [c for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"
                   and any(line.strip() == "# NBVAL_CHECK_OUTPUT" for line in "".join(c["source"]).splitlines())]
         assert len(marked) == 1, f"{nb.name}: {len(marked)} cells marked for the regression check"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_lists_every_parameter(nb):
+    """`papermill --help-notebook` silently skips a parameter whose annotation it cannot parse (e.g. `int | None`)."""
+    import re
+
+    cells = json.loads(nb.read_text())["cells"]
+    source = "".join(next(c for c in cells if "parameters" in c["metadata"].get("tags", []))["source"])
+    declared = re.findall(r"^([A-Z][A-Z0-9_]*)\s*:", source, re.M)
+    assert declared and list(pm.inspect_notebook(str(nb))) == declared

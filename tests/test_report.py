@@ -70,3 +70,18 @@ def test_classification_reads_as_accuracy_and_empty_benchmark_reports_everything
                                                   "04_lora"}
     with pytest.raises(ValueError, match="known"):
         Comparison.load("smoke", "vision")
+
+
+def test_heatmaps_wrap_into_rows_share_one_scale_and_one_colour_bar():
+    from cl_utils.plotting import plot_matrices
+
+    runs = [_result(f"m{k}", 0.1 * k) for k in range(6)]
+    fig = plot_matrices(runs, ncols=4)
+    heatmaps = [ax for ax in fig.axes if ax.collections and ax.get_title()]
+    assert [ax.get_title() for ax in heatmaps] == [f"m{k}" for k in range(6)]
+    assert len({ax.get_subplotspec().rowspan.start for ax in heatmaps}) == 2  # 4 + 2
+    assert len({(ax.collections[0].norm.vmin, ax.collections[0].norm.vmax) for ax in heatmaps}) == 1
+    bars = [ax for ax in fig.axes if ax not in heatmaps and ax.get_visible() and ax.get_ylabel()]
+    assert len(bars) == 1 and bars[0].get_ylabel() == "perplexity (log scale)"
+    with pytest.raises(ValueError, match="ncols must be >= 1, got 0"):
+        plot_matrices(runs, ncols=0)
