@@ -28,7 +28,7 @@ TUNED: dict[str, dict[str, Any]] = {
 # Where a profile's model differs so much that the benchmark's values do not carry over: (profile, benchmark) -> values.
 PROFILE_TUNED: dict[tuple[str, str], dict[str, Any]] = {
     ("smollm2", "lm"): {
-        # 02: one point, to keep the series within 60 min on 2 cores (an EWC stream takes ~10 min there). Calibrated,
+        # 02: one point, to keep the series within 60 min on 2 cores (an EWC stream takes 8-9 min there). Calibrated,
         # not swept: with the Fishers of an EWC(λ=0) run (same training as naive), 1/2 sum_k F_k (θ - θ*_k)^2 at naive's
         # endpoint is 1.42e-3 on embedded and 1.57e-5 here, and naive's forgetting is 1.324 and 0.110 nats/token.
         # embedded's best λ, 3000, makes the penalty there 3.2x the forgetting; the same ratio here gives 2.25e4.
