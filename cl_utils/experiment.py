@@ -27,8 +27,7 @@ from .paths import runs_dir
 from .plotting import save_figure
 from .repro import set_seed
 from .results import load_result, results_path, save_results
-from .stream import StreamResult, run_joint, run_stream
-from .training import autocast, move
+from .stream import StreamResult, run_joint, run_stream, score_split
 
 __all__ = ["Experiment", "setup", "BENCHMARKS"]
 
@@ -105,18 +104,8 @@ class Experiment:
         (default: the plain model), exactly as the stream runner evaluates it."""
         if not 0 <= task_id < len(self.benchmark.tasks):
             raise ValueError(f"task_id must be in [0, {len(self.benchmark.tasks)}), got {task_id}")
-        method = method or Method()
-        was_training = model.training
-        model.eval()
-        loader = self.benchmark.loader(self.benchmark.tasks[task_id].eval, self.eval_batch_size)
-
-        def forward(batch):
-            with autocast(self.device):
-                return method.forward(model, move(batch, self.device), task_id)
-
-        out = self.benchmark.score(forward, loader)
-        model.train(was_training)
-        return out
+        return score_split(model, method or Method(), self.benchmark, self.benchmark.tasks[task_id].eval, task_id,
+                           batch_size=self.eval_batch_size, device=self.device)
 
     def save_figure(self, fig, name: str) -> Path:
         """``figures/<profile>/<benchmark>__<name>[__seed<k>].png``"""

@@ -32,7 +32,8 @@ def plot_matrix(r: StreamResult, ax=None, *, vmin: float | None = None, vmax: fl
 
     v = view(r.benchmark)
     values = v.show(r.scores)
-    lo, hi = vmin or np.nanmin(values), vmax or np.nanmax(values)
+    lo = np.nanmin(values) if vmin is None else vmin  # 0 % accuracy is a valid shared minimum
+    hi = np.nanmax(values) if vmax is None else vmax
     norm = LogNorm(lo, hi) if v.log_scale else Normalize(lo, hi)
     ax = ax or plt.subplots(figsize=(1.4 * values.shape[1] + 2, 0.6 * values.shape[0] + 1.5))[1]
     sns.heatmap(values, ax=ax, annot=True, fmt=v.fmt, cbar=cbar, norm=norm,

@@ -22,7 +22,7 @@ from .scores import view
 from .stream import StreamResult
 
 __all__ = ["results_path", "sweep_tag", "save_results", "load_results", "load_result", "result_from_dict", "metrics_table",
-           "forgetting_table", "summary_text"]
+           "forgetting_table", "plasticity_table", "summary_text"]
 
 _NAME = re.compile(r"^[a-z0-9_]+$")
 
@@ -141,6 +141,14 @@ def forgetting_table(r: StreamResult):
         rows.append({"evaluated on": label, f"{v.name} after training it": first, f"{v.name} at the end": end,
                      "change %": 100 * (end / first - 1)})
     return pd.DataFrame(rows).set_index("evaluated on")
+
+
+def plasticity_table(results: list[StreamResult]):
+    """Per task (rows) and method (columns): the readable score right after the task was trained, ``R[j, j]``."""
+    import pandas as pd
+
+    v = view(results[0].benchmark)
+    return pd.DataFrame({r.method: v.show(np.diag(r.R)) for r in results}, index=results[0].tasks)
 
 
 def summary_text(results: list[StreamResult], digits: int = 3) -> str:

@@ -22,7 +22,7 @@ from .models import count_parameters
 from .repro import set_seed
 from .training import autocast, move, train_steps
 
-__all__ = ["StreamResult", "evaluate_columns", "run_stream", "run_joint"]
+__all__ = ["StreamResult", "score_split", "evaluate_columns", "run_stream", "run_joint"]
 
 
 @dataclass
@@ -54,20 +54,29 @@ class StreamResult:
         return summary(self.R, self.b)
 
 
+def score_split(model: torch.nn.Module, method: Method, benchmark: Benchmark, dataset, task_id: int | None, *,
+                batch_size: int, device: torch.device) -> float:
+    """The benchmark's score of ``model`` on ``dataset`` through ``method.forward(..., task_id)``, in eval mode
+    (the model's mode is restored afterwards). The one way every score in a run is computed."""
+    was_training = model.training
+    model.eval()
+
+    def forward(batch):
+        with autocast(device):
+            return method.forward(model, move(batch, device), task_id)
+
+    try:
+        return benchmark.score(forward, benchmark.loader(dataset, batch_size))
+    finally:
+        model.train(was_training)
+
+
 def evaluate_columns(model: torch.nn.Module, method: Method, benchmark: Benchmark, *, batch_size: int,
                      device: torch.device) -> list[float]:
     """Score every stream task (as its own task id) and every extra column (task id None)."""
-    was_training = model.training
-    model.eval()
-    out = []
     ids: list[int | None] = [*range(len(benchmark.tasks)), *([None] * len(benchmark.extra))]
-    for task_id, task in zip(ids, benchmark.columns):
-        def forward(batch, task_id=task_id):
-            with autocast(device):
-                return method.forward(model, move(batch, device), task_id)
-        out.append(benchmark.score(forward, benchmark.loader(task.eval, batch_size)))
-    model.train(was_training)
-    return out
+    return [score_split(model, method, benchmark, task.eval, task_id, batch_size=batch_size, device=device)
+            for task_id, task in zip(ids, benchmark.columns)]
 
 
 def _before(model, benchmark, batch_size, device) -> list[float]:

@@ -85,3 +85,11 @@ def test_heatmaps_wrap_into_rows_share_one_scale_and_one_colour_bar():
     assert len(bars) == 1 and bars[0].get_ylabel() == "perplexity (log scale)"
     with pytest.raises(ValueError, match="ncols must be >= 1, got 0"):
         plot_matrices(runs, ncols=0)
+
+
+def test_plasticity_table_reads_the_diagonal_per_method():
+    from cl_utils.results import plasticity_table
+
+    table = plasticity_table([_result("naive", 0.0), _result("ewc", 0.5)])
+    assert list(table.columns) == ["naive", "ewc"] and list(table.index) == TASKS
+    assert table.loc["a", "naive"] == pytest.approx(np.exp(3.0)) and table.loc["b", "ewc"] == pytest.approx(np.exp(2.5))
