@@ -16,6 +16,8 @@ METHOD_NOTEBOOKS := $(filter-out notebooks/05_evaluation.ipynb,$(NOTEBOOKS))
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
+# papermill's kernel would draw widget bars, which its log and the executed notebooks cannot show (cl_utils/display.py)
+export CL_PROGRESS := text
 
 .PHONY: setup reproduce test golden bench clean-runs help smollm2
 
@@ -54,13 +56,16 @@ test: setup
 	$(PY) -m pytest
 	$(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/golden/sanitize.cfg --nbval-current-env -p no:cacheprovider tests/golden
 
-# Regenerate tests/golden/ (smoke profile, every notebook, one shared fresh runs folder). Deliberate only:
+# Regenerate tests/golden/ (smoke profile, every notebook, one shared fresh runs folder): the executed notebooks
+# (nbval compares their checked cells as text) and their results files (compared with a tolerance). Deliberate only:
 # review `git diff tests/golden` before committing, since these copies define what the regression check expects.
 golden: setup
 	@set -e; tmp=$$(mktemp -d); for nb in $(NOTEBOOKS); do echo "=== $$nb"; \
 	  CL_RUNS_DIR=$$tmp/runs CL_FIGURES_DIR=$$tmp/figures $(PY) -m papermill $$nb tests/golden/$$(basename $$nb) \
 	    -k python3 --cwd notebooks --no-progress-bar -p PROFILE smoke -p SEED 0; done; \
-	$(PY) tests/golden/strip_images.py tests/golden/*.ipynb; rm -rf $$tmp
+	$(PY) tests/golden/strip_images.py tests/golden/*.ipynb; \
+	rm -rf tests/golden/results; cp -r $$tmp/runs/smoke/results tests/golden/results; \
+	find tests/golden/results -name '*.json' ! -name '*__*' -delete; rm -rf $$tmp
 
 # Speed and peak memory of each method's pieces, in one markdown table (not timed tests; verdicts never fail it).
 # Options: make bench BENCH_FLAGS="--quick" (or --threads 1, --only fisher,ewc, --device cuda).

@@ -109,6 +109,7 @@ class EWC(Method):
         self.lam, self.mode, self.gamma, self.kind = float(lam), mode, float(gamma), kind
         self.fisher_examples, self.fisher_batch_size = fisher_examples, fisher_batch_size
         self.name = "online_ewc" if mode == "online" else "ewc"
+        self.label_hparams = {"lam": "λ", **({"gamma": "γ"} if mode == "online" else {})}
         self.fishers: list[Tensors] = []
         self.anchors: list[Tensors] = []
         self.task_ids: list[int] = []

@@ -122,6 +122,8 @@ def adapter_size_on_disk(model: PeftModel, adapter_name: str, tmpdir: str | Path
 class _LoRA(Method):
     """What the three variants share: validation, wrapping, and which single adapter trains."""
 
+    label_hparams = {"r": "r"}
+
     def __init__(self, r: int = 8, alpha: int = 16, dropout: float = 0.0) -> None:
         if not isinstance(r, int) or r < 1:
             raise ValueError(f"{self.name}: r (the LoRA rank) must be an int >= 1, got {r!r}")
@@ -252,6 +254,7 @@ class OLoRA(_LoRA):
     """
 
     name = "olora"
+    label_hparams = {"r": "r", "lambda_orth": "λ₁"}
 
     def __init__(self, r: int = 8, alpha: int = 16, dropout: float = 0.0, lambda_orth: float = 0.5,
                  lambda_l2: float = 0.0) -> None:

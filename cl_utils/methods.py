@@ -20,7 +20,15 @@ import torch
 
 from .benchmark import Benchmark, Task
 
-__all__ = ["Method", "Naive", "task_head"]
+__all__ = ["Method", "Naive", "task_head", "short_number"]
+
+
+def short_number(value: Any) -> str:
+    """A hyper-parameter value in a few characters: 300.0 -> "300", 1e5 -> "1e5", 0.03 -> "0.03", True -> "True"."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    mantissa, _, exponent = f"{value:.4g}".partition("e")
+    return mantissa + (f"e{int(exponent)}" if exponent else "")
 
 
 def task_head(model: torch.nn.Module, task_id: int) -> torch.nn.Module | None:
@@ -38,6 +46,17 @@ class Method:
     """Plain fine-tuning of every trainable parameter. Subclasses override only what they change."""
 
     name = "naive"
+    # The hyper-parameters that tell two runs of the method apart, as {key of describe(): symbol}; ``label``
+    # shows them, e.g. in the progress bars of a sweep ("ewc λ=300 · task 1/3").
+    label_hparams: dict[str, str] = {}
+
+    @property
+    def label(self) -> str:
+        """The name with the hyper-parameters of ``label_hparams``: ``"ewc λ=300"``, ``"olora r=8 λ₁=0.5"``."""
+        hparams = self.describe()
+        shown = [f"{symbol}={short_number(hparams[key])}" for key, symbol in self.label_hparams.items()
+                 if key in hparams]
+        return " ".join([self.name, *shown])
 
     def prepare(self, model: torch.nn.Module, benchmark: Benchmark) -> torch.nn.Module:
         """Called once before the stream, before any training: validate against the benchmark (raise

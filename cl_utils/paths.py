@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["project_root", "runs_dir", "cache_dir", "results_dir", "figures_dir"]
+__all__ = ["project_root", "runs_dir", "cache_dir", "results_dir", "figures_dir", "shown_path"]
 
 
 def project_root() -> Path:
@@ -32,3 +32,13 @@ def results_dir(profile: str) -> Path:
 
 def figures_dir(profile: str) -> Path:
     return Path(os.environ.get("CL_FIGURES_DIR") or project_root() / "figures") / profile
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` as a notebook should print it: relative to the project root when inside it
+    (``runs/smoke/models/lm__online_ewc``), else absolute (e.g. under a ``CL_RUNS_DIR`` elsewhere)."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(project_root().resolve()).as_posix()
+    except ValueError:
+        return str(path)

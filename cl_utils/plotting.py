@@ -84,17 +84,32 @@ def _shade_tasks(ax, tasks: list[str]) -> None:
         ax.axvspan(i + 0.5, i + 1.5, color=f"C{i}", alpha=0.07)
 
 
-def plot_matrices(results: list[StreamResult], *, width: float = 4.6, ncols: int = 4):
-    """The heatmaps of several methods on one shared colour scale, ``ncols`` to a row, one colour bar at the right."""
+# Widest figure, in inches, that a notebook shows unscaled: inline figures are drawn at 100 dpi, and JupyterLab's
+# output area is about 850 px wide beside the file browser on a 1280 px screen. Wider figures are scaled down,
+# and their 10-point cell numbers with them (a 2,000 px figure shown at 850 px has ~6 px tall numbers).
+NOTEBOOK_WIDTH = 8.6
+
+
+def plot_matrices(results: list[StreamResult], *, width: float | None = None, ncols: int | None = None,
+                  max_width: float = NOTEBOOK_WIDTH):
+    """The heatmaps of several methods on one shared colour scale, ``ncols`` to a row, one colour bar at the right.
+
+    ``width`` is one panel's width in inches (default: from the number of columns evaluated); ``ncols`` defaults
+    to as many panels as fit in ``max_width`` inches, so the figure is readable at notebook width.
+    """
     if not results:
         raise ValueError("plot_matrices needs at least one result")
-    if ncols < 1:
+    if ncols is not None and ncols < 1:
         raise ValueError(f"plot_matrices: ncols must be >= 1, got {ncols}")
     v = view(results[0].benchmark)
     lo, hi = v.limits([r.scores for r in results])
+    n_rows, n_cols = results[0].scores.shape
+    width = width or max(2.2, 0.75 * n_cols + 0.5)  # room for 5-digit numbers and a title like "lora_per_task"
+    if ncols is None:
+        ncols = max(1, int((max_width - 1.5) // width))  # 1.5 in: the row labels and the colour bar
     cols = min(ncols, len(results))
     rows = -(-len(results) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols + 1.2, (0.55 * len(results[0].scores) + 1.6) * rows + 0.6),
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols + 1.5, (0.36 * n_rows + 1.1) * rows + 0.5),
                              squeeze=False, layout="constrained")
     for k, ax in enumerate(axes.flat):
         if k >= len(results):
@@ -103,6 +118,10 @@ def plot_matrices(results: list[StreamResult], *, width: float = 4.6, ncols: int
         plot_matrix(results[k], ax, vmin=lo, vmax=hi, cbar=False)
         if k % cols:
             ax.set_yticklabels([])
+        if k < len(results) - cols:  # the panel below shows the same column names
+            ax.set_xticklabels([])
+            ax.tick_params(axis="x", bottom=False)
+            ax.set_xlabel("")
     bar = fig.colorbar(axes.flat[0].collections[0], ax=axes.ravel().tolist(), shrink=0.9,
                        label=v.name + (" (log scale)" if v.log_scale else ""))
     if v.log_scale:
@@ -111,15 +130,25 @@ def plot_matrices(results: list[StreamResult], *, width: float = 4.6, ncols: int
     return fig
 
 
-def plot_method_trajectories(groups: dict[str, list[StreamResult]], *, width: float = 4.2):
+def plot_method_trajectories(groups: dict[str, list[StreamResult]], *, width: float = 3.9, ncols: int | None = None,
+                             max_width: float = NOTEBOOK_WIDTH):
     """One panel per column (task or extra), one line per method: the readable score along the stream,
-    the mean over seeds with ± one standard deviation as error bars when there are several."""
+    the mean over seeds with ± one standard deviation as error bars when there are several.
+
+    Panels are ``width`` inches wide, ``ncols`` to a row (default: as many as fit in ``max_width``); the legend
+    sits below them."""
     first = next(iter(groups.values()))[0]
     v = view(first.benchmark)
     names = [*first.tasks, *first.extra]
     x = np.arange(len(first.scores))
-    fig, axes = plt.subplots(1, len(names), figsize=(width * len(names), 3.8), squeeze=False, sharex=True)
-    for j, (ax, name) in enumerate(zip(axes[0], names)):
+    cols = min(len(names), ncols or max(1, int(max_width // width)))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, 2.9 * rows + 0.4 * (1 + len(groups) // 4)),
+                             squeeze=False, sharex=True, layout="constrained")
+    for j, ax in enumerate(axes.flat):
+        if j >= len(names):
+            ax.set_axis_off()
+            continue
         for k, (method, runs) in enumerate(groups.items()):
             shown = np.stack([v.show(r.scores[:, j]) for r in runs])
             mean = shown.mean(axis=0)  # NaN stays NaN: every seed skips the same rows
@@ -129,15 +158,17 @@ def plot_method_trajectories(groups: dict[str, list[StreamResult]], *, width: fl
                         ls="--" if ok.sum() < len(x) else "-", label=method, color=f"C{k}")
         _shade_tasks(ax, first.tasks)
         ax.set_xticks(x, _row_labels(first), rotation=25)
+        ax.tick_params(axis="x", labelbottom=j + cols >= len(names))  # names under the lowest panel of a column
         if v.log_scale:
             ax.set_yscale("log")
             _plain_log_axis(ax.yaxis)
         role = " (pretraining)" if j >= len(first.tasks) else ""
-        ax.set_title(f"{name}{role}")
+        ax.set_title(f"{names[j]}{role}")
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylabel(v.label)
-    axes[0][-1].legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.tight_layout()
+        if j % cols == 0:
+            ax.set_ylabel(v.label)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize="small")
     return fig
 
 

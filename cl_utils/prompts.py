@@ -126,6 +126,7 @@ class ProgressivePrompts(Method):
     """
 
     name = "progressive_prompts"
+    label_hparams = {"prompt_length": "P"}
 
     def __init__(self, prompt_length: int = 10, *, reparam_hidden: int = 64, layer_norm: bool = False) -> None:
         for key, value in (("prompt_length", prompt_length), ("reparam_hidden", reparam_hidden)):

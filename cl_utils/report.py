@@ -1,7 +1,8 @@
 """The comparison of 05_evaluation: every saved result of a profile, grouped by method over seeds.
 
 >>> c = Comparison.load("embedded", "lm")        # doctest: +SKIP
->>> print(c.missing_text()); display(c.table())  # doctest: +SKIP
+>>> print(coverage_text({"lm": c}))              # doctest: +SKIP
+>>> for caption, table in c.tables().items(): display(Markdown(caption), table)   # doctest: +SKIP
 >>> c.heatmaps(seed=0)                           # doctest: +SKIP
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from .results import load_results, result_from_dict
 from .scores import view
 from .stream import StreamResult
 
-__all__ = ["PRODUCERS", "REFERENCES", "Comparison", "collect", "comparison", "format_table"]
+__all__ = ["PRODUCERS", "REFERENCES", "Comparison", "collect", "comparison", "format_table", "coverage_text"]
 
 # Which notebook writes which method's results file, in the order the comparison lists them.
 PRODUCERS: dict[str, str] = {
@@ -142,6 +143,23 @@ class Comparison:
     def table(self, digits: int = 3):
         return format_table(*self.stats(), digits=digits)
 
+    def tables(self, digits: int = 3) -> dict[str, Any]:
+        """:meth:`table` as two narrow tables that fit a notebook, as ``{caption: table}``: the continual-learning
+        metrics, then the readable score of each column after the whole stream with parameters and time.
+        Reference rows say what they are: ``joint (upper bound)``, ``naive (baseline)``."""
+        table = self.table(digits)
+        v = view(self.benchmark)
+        table.index = [f"{m} ({REFERENCES[m].split(' (')[0]})" if m in REFERENCES else m for m in table.index]
+        table.index.name = "method"
+        finals = [c for c in table.columns if c.startswith("final ")]
+        after = table[[*finals, "trainable params", "train s"]]
+        after.columns = [c.removeprefix(f"final {v.name} ") for c in after.columns]
+        better = "lower" if v.lower_is_better else "higher"
+        return {f"Metrics in {v.metric_unit}; higher is better, except forgetting.":
+                table[["seeds", "ACC", "BWT", "FWT", "forgetting"]],
+                f"After the whole stream: {v.name} on each column ({better} is better), trainable parameters, and "
+                "training seconds.": after}
+
     def runs_of_seed(self, seed: int) -> list[StreamResult]:
         """One result per method: the one of ``seed``, else the method's lowest seed."""
         out = []
@@ -163,11 +181,11 @@ class Comparison:
     def transfer(self):
         import matplotlib.pyplot as plt
 
-        from .plotting import plot_transfer
+        from .plotting import NOTEBOOK_WIDTH, plot_transfer
 
         mean, std = self.stats()
         keep = mean["BWT"].notna()  # joint training has no BWT/FWT
-        fig, ax = plt.subplots(figsize=(1.2 * int(keep.sum()) + 3, 3.8))
+        fig, ax = plt.subplots(figsize=(min(NOTEBOOK_WIDTH, 1.2 * int(keep.sum()) + 3), 3.8))
         plot_transfer(mean[keep], std[keep], ax=ax, unit=view(self.benchmark).metric_unit)
         fig.tight_layout()
         return fig
@@ -192,8 +210,36 @@ class Comparison:
                              f"{mean.loc['joint', 'ACC']:.3f} (gap {mean.loc['joint', 'ACC'] - best.iloc[0]:+.3f})")
         return "\n".join(lines)
 
-    def regression_summary(self, digits: int = 3) -> str:
-        """Method names with their final-row scores and metrics, rounded: stable text for the nbval check."""
+    def regression_summary(self) -> str:
+        """The methods compared, with their number of seeds and which metrics are defined, without the numbers:
+        the text the nbval check compares exactly on every CPU (the numbers are checked with a tolerance against
+        the golden run's results files, see tests/golden/results_check.py)."""
         mean, _ = self.stats()
-        cols = ["seeds", "ACC", "BWT", "FWT", "forgetting"]
-        return f"{self.benchmark}:\n" + mean[cols].astype(float).round(digits).to_string()
+        cols = ["ACC", "BWT", "FWT", "forgetting"]
+        lines = [f"{self.benchmark}:"]
+        for method, row in mean.iterrows():
+            defined = [c for c in cols if np.isfinite(row[c])]
+            lines.append(f"  {method}: {int(row['seeds'])} seed(s); metrics {', '.join(defined)}")
+        return "\n".join(lines)
+
+
+def coverage_text(comparisons: dict[str, Comparison]) -> str:
+    """What 05 compares, in a few lines: each benchmark with results (how many methods, which seeds, and the methods
+    still missing there, see :meth:`Comparison.missing_text`); then every benchmark without any result in one line,
+    with the command that produces them."""
+    lines, empty = [], [b for b, c in comparisons.items() if c.empty]
+    for b, c in comparisons.items():
+        if c.empty:
+            continue
+        seeds = sorted({r.hparams["seed"] for runs in c.groups.values() for r in runs})
+        lines.append(f"{b}: comparing {len(c.groups)} method{'s' if len(c.groups) > 1 else ''} "
+                     f"(the table lists them), seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}.")
+        if c.missing:
+            lines.append(c.missing_text())
+    if empty:
+        profile = comparisons[empty[0]].profile
+        which = ", then ".join(f"BENCHMARK={b!r}" for b in empty)
+        make = empty[0] if len(empty) == 1 else '"' + " ".join(empty) + '"'
+        lines.append(f"No results yet for {', '.join(empty)}: run notebooks 01–04 with PROFILE={profile!r} and "
+                     f"{which}, or `make reproduce PROFILE={profile} BENCHMARKS={make}`.")
+    return "\n".join(lines)

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from .classifier import MultiHeadClassifier
 from .ewc import EWC
-from .models import default_device
+from .models import _causal_lm_loss, default_device
 
 __all__ = ["EWC_STATE", "save_trained", "load_trained"]
 
@@ -59,6 +59,9 @@ def load_trained(directory: str | Path, device: torch.device | None = None
     architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
     cls = MultiHeadClassifier if MultiHeadClassifier.__name__ in architectures else AutoModelForCausalLM
     device = device or default_device()
-    model = cls.from_pretrained(path).to(device).eval()
+    model = cls.from_pretrained(path)
+    if cls is not MultiHeadClassifier:
+        model = _causal_lm_loss(model)  # as the base model had: transformers 5 warns about an unnamed loss
+    model = model.to(device).eval()
     ewc = EWC.load(path / EWC_STATE, map_location=device) if (path / EWC_STATE).exists() else None
     return model, AutoTokenizer.from_pretrained(path), ewc

@@ -106,7 +106,7 @@ def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spe
         model.train()
         log = train_steps(loss_fn, params, benchmark.loader(task.train, spec.batch_size, shuffle=True,
                                                             seed=seed * 1000 + task_id),
-                          spec, device=device, desc=f"{method.name} · task {task_id + 1}/{T} ({task.name})",
+                          spec, device=device, desc=f"{method.label} · task {task_id + 1}/{T} ({task.name})",
                           progress=progress)
         start = time.perf_counter()
         method.end_task(model, task_id, task, benchmark)  # e.g. EWC's Fisher pass: part of the method's cost

@@ -1,4 +1,4 @@
-"""A generic training loop: AdamW, warm-up + cosine schedule, gradient clipping, tqdm progress.
+"""A generic training loop: AdamW, warm-up + cosine schedule, gradient clipping, a progress bar.
 
 Nothing here knows about GPT-2 or about continual learning: the caller passes a ``loss_fn(batch)``
 (a method's forward plus its penalty) and the parameters to optimise.
@@ -15,9 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config import TrainSpec
-
-# Plain-text bars (not widgets): they read the same in JupyterLab, in papermill's log and in saved notebooks.
-from tqdm import tqdm
+from .display import progress_bar
 
 __all__ = ["TrainLog", "train_steps", "move", "autocast"]
 
@@ -70,8 +68,7 @@ def train_steps(loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], para
     log = TrainLog()
     start = time.perf_counter()
     batches = _forever(loader)
-    bar = tqdm(range(spec.steps), desc=desc, disable=not progress, mininterval=5.0,
-               dynamic_ncols=False, ncols=100)
+    bar = progress_bar(range(spec.steps), desc=desc, enabled=progress)  # a widget in JupyterLab, else text
     for _ in bar:
         batch = move(next(batches), device)
         with autocast(device):

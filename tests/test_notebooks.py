@@ -64,9 +64,15 @@ def test_evaluation_notebook_compares_what_exists(tmp_path):
     """Runs after the classification notebooks above (same runs folder): shows them, names the missing lm ones."""
     nb = ROOT / "notebooks" / "05_evaluation.ipynb"
     execute(nb, tmp_path / nb.name)
-    text = json.dumps(json.loads((tmp_path / nb.name).read_text())["cells"])
-    assert "lm: missing results" in text and "joint, naive: run notebooks/01_baseline_forgetting.ipynb" in text
-    assert "classification: every method has results" in text
+    cells = json.loads((tmp_path / nb.name).read_text())["cells"]
+    printed = lambda call: "".join("".join(o.get("text", "")) for c in cells  # noqa: E731
+                                   if call in "".join(c["source"]) for o in c.get("outputs", []))
+    assert printed("coverage_text(").splitlines() == [  # lm has no results at all: one line, with the command
+        "classification: comparing 8 methods (the table lists them), seed 0.",
+        "No results yet for lm: run notebooks 01–04 with PROFILE='smoke' and BENCHMARK='lm', "
+        "or `make reproduce PROFILE=smoke BENCHMARKS=lm`."]
+    note = [o for c in cells if "takeaways_note(" in "".join(c["source"]) for o in c.get("outputs", [])]
+    assert len(note) == 1 and "this notebook ran on `smoke`" in "".join(note[0]["data"]["text/markdown"])
     for name in COMPARISON_FIGURES:
         assert (figures_dir("smoke") / f"classification__{name}.png").stat().st_size > 10_000
         assert not (figures_dir("smoke") / f"lm__{name}.png").exists()

@@ -93,3 +93,16 @@ def test_plasticity_table_reads_the_diagonal_per_method():
     table = plasticity_table([_result("naive", 0.0), _result("ewc", 0.5)])
     assert list(table.columns) == ["naive", "ewc"] and list(table.index) == TASKS
     assert table.loc["a", "naive"] == pytest.approx(np.exp(3.0)) and table.loc["b", "ewc"] == pytest.approx(np.exp(2.5))
+
+
+def test_regression_summary_names_methods_and_defined_metrics_but_no_numbers(tmp_path, monkeypatch):
+    """The nbval check compares this text exactly on every CPU, so it holds no score, only what was compared."""
+    monkeypatch.setenv("CL_RUNS_DIR", str(tmp_path / "runs"))
+    _save(_result("joint", 0.0, joint=True), 0)
+    for seed, shift in [(0, 0.0), (1, 0.1234567)]:
+        _save(_result("naive", shift), seed)
+    text = Comparison.load("smoke", "lm").regression_summary()
+    assert text.splitlines() == ["lm:", "  joint: 1 seed(s); metrics ACC",
+                                 "  naive: 2 seed(s); metrics ACC, BWT, FWT, forgetting"]
+    _save(_result("naive", 0.1234568), 1)  # a last-bit change of one score: the same text
+    assert Comparison.load("smoke", "lm").regression_summary() == text
