@@ -33,6 +33,9 @@ class Benchmark:
     score: Callable[[Forward, Iterable[Batch]], float]  # higher is better
     score_name: str  # what the score is, for tables and plots
     collate: Callable[[list[Batch]], Batch] | None = None
+    # One output head per task (task-incremental classification): every method, and joint training, is told the
+    # task at test time, and a task's head is untrained until its task (so forward transfer is undefined).
+    task_heads: bool = False
 
     @property
     def columns(self) -> list[Task]:

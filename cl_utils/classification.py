@@ -265,4 +265,4 @@ def classification_benchmark(cs: ClassificationSpec, tokenizer: PreTrainedTokeni
                              tokenizer_key: str) -> Benchmark:
     """The ``classification`` benchmark: the tasks of ``cs`` in order, no extra column, accuracy in [0, 1]."""
     return Benchmark(name="classification", tasks=load_classification_tasks(cs, tokenizer, tokenizer_key), extra=[],
-                     score=accuracy, score_name="accuracy", collate=PadCollate(tokenizer.pad_token_id))
+                     score=accuracy, score_name="accuracy", collate=PadCollate(tokenizer.pad_token_id), task_heads=True)

@@ -70,7 +70,7 @@ class Experiment:
         return result
 
     def run_joint(self) -> StreamResult:
-        """The multitask upper bound on the same budget."""
+        """The multitask reference (all tasks at once) on the same budget."""
         return run_joint(self.fresh_model(), self.benchmark, self.finetune, seed=self.seed,
                          eval_batch_size=self.eval_batch_size, progress=self.progress)
 

@@ -216,6 +216,7 @@ class PerTaskLoRA(_LoRA):
     """
 
     name = "lora_per_task"
+    needs_task_id = True  # the task's own adapter is chosen by its id
 
     def prepare(self, model: torch.nn.Module, benchmark: Benchmark) -> PeftModel:
         return self._wrap(model, adapter_name(0))

@@ -46,6 +46,9 @@ class Method:
     """Plain fine-tuning of every trainable parameter. Subclasses override only what they change."""
 
     name = "naive"
+    # True when the method must be told the task at test time (task-incremental inference: a per-task prompt or
+    # adapter). Tables and figures keep such methods apart from those that are not told it.
+    needs_task_id: bool = False
     # The hyper-parameters that tell two runs of the method apart, as {key of describe(): symbol}; ``label``
     # shows them, e.g. in the progress bars of a sweep ("ewc λ=300 · task 1/3").
     label_hparams: dict[str, str] = {}

@@ -47,7 +47,7 @@ def plot_matrix(r: StreamResult, ax=None, *, vmin: float | None = None, vmax: fl
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("")
     ax.tick_params(axis="y", labelrotation=0)  # seaborn turns row labels vertical when it thinks they overlap
-    ax.set_title(title or r.method)
+    ax.set_title(title or (f"{r.method} (task id)" if r.task_identity and not r.task_heads else r.method))
     return ax
 
 
@@ -126,7 +126,9 @@ def plot_matrices(results: list[StreamResult], *, width: float | None = None, nc
                        label=v.name + (" (log scale)" if v.log_scale else ""))
     if v.log_scale:
         _plain_log_axis(bar.ax.yaxis)
-    fig.suptitle(f"{v.name} after each task, every method on one colour scale")
+    told = ("one head per task: every method is told the task" if results[0].task_heads
+            else "(task id): told the task at test time")
+    fig.suptitle(f"{v.name} after each task, every method on one colour scale; {told}")
     return fig
 
 
@@ -173,10 +175,12 @@ def plot_method_trajectories(groups: dict[str, list[StreamResult]], *, width: fl
 
 
 def plot_transfer(mean, std, *, ax=None, unit: str = ""):
-    """Grouped bars of BWT and FWT per method (``mean``/``std``: tables indexed by method), std as error bars."""
+    """Grouped bars of BWT and FWT per method (``mean``/``std``: tables indexed by method), std as error bars.
+    A metric undefined for every method (FWT with one head per task) is left out rather than drawn as 0."""
     ax = ax or plt.subplots(figsize=(1.1 * len(mean) + 3, 3.8))[1]
     x = np.arange(len(mean))
-    for k, metric in enumerate(["BWT", "FWT"]):
+    metrics = [m for m in ("BWT", "FWT") if mean[m].astype(float).notna().any()]
+    for k, metric in enumerate(metrics):
         values = mean[metric].astype(float).to_numpy()
         errors = std[metric].astype(float)
         errors = None if errors.isna().all() else errors.fillna(0).to_numpy()  # one seed: no error bars at all
@@ -187,7 +191,7 @@ def plot_transfer(mean, std, *, ax=None, unit: str = ""):
     ax.margins(y=0.15)  # room for the value labels above and below the bars
     ax.set_xticks(x, mean.index, rotation=20)
     ax.set_ylabel(f"transfer ({unit}; higher is better)" if unit else "transfer (higher is better)")
-    ax.set_title("Backward and forward transfer")
+    ax.set_title("Backward and forward transfer" if len(metrics) == 2 else f"{' and '.join(metrics)} (FWT undefined)")
     ax.legend()
     ax.grid(alpha=0.3, axis="y")
     return ax

@@ -126,6 +126,7 @@ class ProgressivePrompts(Method):
     """
 
     name = "progressive_prompts"
+    needs_task_id = True  # the prompts P_0..P_k of the task are chosen by its id
     label_hparams = {"prompt_length": "P"}
 
     def __init__(self, prompt_length: int = 10, *, reparam_hidden: int = 64, layer_norm: bool = False) -> None:

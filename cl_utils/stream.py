@@ -31,13 +31,17 @@ class StreamResult:
     tasks: list[str]  # stream task names, in order
     extra: list[str]  # evaluation-only column names
     scores: np.ndarray  # (T + 1, T + E); NaN where a row was not evaluated (joint training)
-    train_seconds: float  # optimiser steps plus the method's end-of-task work (e.g. the Fisher); no evaluation
+    train_seconds: float  # optimiser steps plus the end-of-task work a later task uses (e.g. the Fisher); no evaluation
     trainable_params: int  # distinct parameters (elements) trained at some point of the stream
     total_params: int
     losses: list[list[float]] = field(default_factory=list)  # per task, the loss of every step
     hparams: dict[str, Any] = field(default_factory=dict)
     benchmark: str = "lm"  # the benchmark's name: says how to read a score (see cl_utils.scores)
     model: Any = field(default=None, repr=False, compare=False)  # the trained (possibly wrapped) model; not saved
+    task_identity: bool = False  # told the task at test time (a per-task prompt, adapter or head)
+    task_heads: bool = False  # one head per task: a task's head is untrained before its task, so FWT is undefined
+    closing_seconds: float = 0.0  # the last task's end-of-task work (e.g. its Fisher): no task of the stream uses
+    # it, only a continuation of the stream would (the saved ewc_state.pt), so it is not in train_seconds
 
     @property
     def R(self) -> np.ndarray:
@@ -48,10 +52,12 @@ class StreamResult:
         return self.scores[0, : len(self.tasks)]
 
     def metrics(self) -> dict[str, float | None]:
-        """ACC, BWT, FWT and forgetting; only ACC where intermediate rows were not evaluated."""
+        """ACC, BWT, FWT and forgetting; only ACC where intermediate rows were not evaluated. FWT is None with
+        one head per task: before its task, a task is scored through an untrained, random head."""
         if np.isnan(self.R[:-1]).any():
             return {"ACC": float(self.R[-1].mean()), "BWT": None, "FWT": None, "forgetting": None}
-        return summary(self.R, self.b)
+        out = summary(self.R, self.b)
+        return {**out, "FWT": None} if self.task_heads else out
 
 
 def score_split(model: torch.nn.Module, method: Method, benchmark: Benchmark, dataset, task_id: int | None, *,
@@ -91,7 +97,7 @@ def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spe
     rows = [_before(model, benchmark, eval_batch_size, device)]
     model = method.prepare(model, benchmark)
     trained: dict[int, torch.nn.Parameter] = {}  # holding the parameters keeps their ids unique
-    losses, seconds = [], 0.0
+    losses, seconds, closing = [], 0.0, 0.0
     T = len(benchmark.tasks)
     for task_id, task in enumerate(benchmark.tasks):
         method.begin_task(model, task_id, task)
@@ -111,16 +117,21 @@ def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spe
         start = time.perf_counter()
         method.end_task(model, task_id, task, benchmark)  # e.g. EWC's Fisher pass: part of the method's cost
         losses.append(log.losses)
-        seconds += log.seconds + time.perf_counter() - start
+        end_seconds = time.perf_counter() - start
+        seconds += log.seconds + (end_seconds if task_id < T - 1 else 0.0)
+        closing = end_seconds if task_id == T - 1 else closing
         rows.append(evaluate_columns(model, method, benchmark, batch_size=eval_batch_size, device=device))
     return StreamResult(method.name, [t.name for t in benchmark.tasks], [t.name for t in benchmark.extra],
                         np.array(rows), seconds, sum(p.numel() for p in trained.values()), count_parameters(model),
-                        losses, method.describe(), benchmark.name, model)
+                        losses, method.describe(), benchmark.name, model,
+                        task_identity=method.needs_task_id or benchmark.task_heads, task_heads=benchmark.task_heads,
+                        closing_seconds=closing)
 
 
 def run_joint(model: torch.nn.Module, benchmark: Benchmark, spec: TrainSpec, *, seed: int,
               eval_batch_size: int = 32, progress: bool = True) -> StreamResult:
-    """Multitask upper bound: one run on the union of all tasks, with the stream's total budget.
+    """The multitask reference: one run on the union of all tasks, with the stream's total budget. It is a
+    reference, not an upper bound: a method of the stream can beat it on a task.
 
     Batches draw every task equally often (as the stream does), whatever the tasks' sizes.
 
@@ -146,4 +157,5 @@ def run_joint(model: torch.nn.Module, benchmark: Benchmark, spec: TrainSpec, *, 
     return StreamResult("joint", [t.name for t in benchmark.tasks], [t.name for t in benchmark.extra],
                         np.array([before, *([nan] * (T - 1)), final]), log.seconds,
                         count_parameters(model, trainable_only=True), count_parameters(model), [log.losses],
-                        {"steps": budget.steps}, benchmark.name, model)
+                        {"steps": budget.steps}, benchmark.name, model, task_identity=benchmark.task_heads,
+                        task_heads=benchmark.task_heads)

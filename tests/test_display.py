@@ -156,8 +156,8 @@ def test_comparison_tables_are_two_narrow_tables_with_roles_in_the_index():
         save_results(_lm_result(method), profile=PROFILE, benchmark="lm", seed=0)
     c = Comparison.load(PROFILE.name, "lm")
     metrics, after = c.tables().values()
-    assert list(metrics.index) == ["joint (upper bound)", "naive (baseline)", "ewc"]
-    assert list(metrics.columns) == ["seeds", "ACC", "BWT", "FWT", "forgetting"]
+    assert list(metrics.index) == ["joint (multitask reference)", "naive (baseline)", "ewc"]
+    assert list(metrics.columns) == ["task id", "seeds", "ACC", "BWT", "FWT", "forgetting"]
     assert list(after.columns) == ["news", "social", "technical", "wikipedia", "trainable params", "train s"]
     assert after.loc["ewc", "wikipedia"] == f"{np.exp(5.4):.1f}" and after.loc["ewc", "trainable params"] == "31,200"
     assert max(len(" ".join(map(str, row))) for row in after.reset_index().to_numpy()) < 90

@@ -45,7 +45,7 @@ def test_mean_and_std_over_seeds_and_missing_notebooks():
     assert std.loc["naive", "ACC"] == pytest.approx(0.1)  # sample std of 0, 0.1, 0.2
     assert mean.loc["naive", "seeds"] == 3 and math.isnan(std.loc["ewc", "ACC"])
     assert mean.loc["naive", "BWT"] == pytest.approx(-0.5)
-    assert math.isnan(mean.loc["joint", "BWT"]) and mean.loc["joint", "role"].startswith("upper bound")
+    assert math.isnan(mean.loc["joint", "BWT"]) and mean.loc["joint", "role"].startswith("multitask reference")
     assert mean.loc["naive", "final perplexity wiki"] == pytest.approx(np.mean(np.exp([4.4, 4.3, 4.2])))
     table = format_table(mean, std)
     assert table.loc["naive", "ACC"] == "-3.150 ± 0.100" and table.loc["ewc", "ACC"] == "-3.200"
@@ -106,3 +106,25 @@ def test_regression_summary_names_methods_and_defined_metrics_but_no_numbers(tmp
                                  "  naive: 2 seed(s); metrics ACC, BWT, FWT, forgetting"]
     _save(_result("naive", 0.1234568), 1)  # a last-bit change of one score: the same text
     assert Comparison.load("smoke", "lm").regression_summary() == text
+
+
+def test_methods_told_the_task_are_listed_apart_and_heads_make_fwt_undefined(tmp_path, monkeypatch):
+    monkeypatch.setenv("CL_RUNS_DIR", str(tmp_path / "runs"))
+    told = _result("progressive_prompts", 0.2)
+    told.task_identity = True
+    for r in (told, _result("ewc", 0.1), _result("naive", 0.0), _result("joint", 0.0, joint=True)):
+        _save(r, 0)
+    c = Comparison.load("smoke", "lm")
+    assert list(c.groups) == ["joint", "naive", "ewc", "progressive_prompts"]  # references, not told, told
+    metrics = next(iter(c.tables().values()))
+    assert list(metrics["task id"]) == ["not given", "not given", "not given", "given"]
+    # one head per task: every method is told the task, and FWT (a random head before its task) is undefined
+    heads = _result("naive", 0.0, benchmark="classification")
+    heads.task_heads = heads.task_identity = True
+    assert heads.metrics()["FWT"] is None and heads.metrics()["BWT"] == pytest.approx(0.7 - 0.9)
+    _save(heads, 0)
+    c = Comparison.load("smoke", "classification")
+    caption, table = next(iter(c.tables().items()))
+    assert "FWT is undefined" in caption and table.loc["naive (baseline)", "FWT"] == "–"
+    fig = c.transfer()
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["BWT"]

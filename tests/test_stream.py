@@ -112,3 +112,19 @@ def test_sweep_points_are_filed_apart_and_load_result_finds_saved_runs(tiny_toke
     assert load_results("smoke") == [] and len(load_results("smoke", sweeps=True)) == 1
     save_results(r, profile=profile, benchmark="lm", seed=0)
     np.testing.assert_array_equal(load_result("smoke", "lm", "naive", 0).scores, r.scores)
+
+
+def test_the_last_tasks_end_of_task_work_is_counted_apart(tiny_tokenizer, tiny_benchmark, monkeypatch):
+    """EWC's Fisher after the last task serves only a continuation of the stream: not in train_seconds."""
+    import time as time_module
+
+    class Slow(Naive):
+        def end_task(self, model, task_id, task, benchmark):
+            time_module.sleep(0.3)
+
+    r = run_stream(make_tiny_model(tiny_tokenizer), tiny_benchmark, Slow(), SPEC, seed=0, progress=False)
+    T = len(tiny_benchmark.tasks)
+    assert r.closing_seconds >= 0.3 and r.train_seconds >= 0.3 * (T - 1)
+    plain = run_stream(make_tiny_model(tiny_tokenizer), tiny_benchmark, Naive(), SPEC, seed=0, progress=False)
+    assert r.train_seconds - plain.train_seconds < 0.3 * T - 0.1  # the closing 0.3 s is not in it
+    assert not r.task_identity and not r.task_heads
