@@ -30,7 +30,7 @@ PRODUCERS: dict[str, str] = {
     "olora": "04_lora",
 }
 # Rows that are references, not continual-learning methods.
-# joint is a reference, not an upper bound: a method of the stream can beat it on a task (it did, here).
+# joint is a reference, not an upper bound: a method of the stream can match or beat it on a task.
 REFERENCES: dict[str, str] = {"joint": "multitask reference (all tasks at once)", "naive": "baseline (no protection)"}
 
 
