@@ -4,15 +4,18 @@ import torch
 from torch.testing import assert_close
 from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
+from cl_utils.data import pack_documents
 from cl_utils.fisher import additive_mask, diagonal_fisher, sample_labels
+
+from .conftest import DOMAINS, _docs, make_tiny_model
 
 V, LENS, L = 50, [12, 7, 3, 10, 1], 12  # the row of length 1 has no predicted token for the LM: skipped
 
 
-def tiny_gpt2(seed=0):
+def tiny_gpt2(seed=0, tied=True):
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=32, n_embd=16, n_layer=2, n_head=2,
-                                       bos_token_id=0, eos_token_id=0))
+                                       bos_token_id=0, eos_token_id=0, tie_word_embeddings=tied))
     model.loss_type = "ForCausalLM"
     return model.double()
 
@@ -43,19 +46,21 @@ def split(batch, *sizes):
 
 
 def brute_force(model, batch, labels=None, lens=LENS):
-    """Mean over rows of grad(loss of the row alone)^2; each row fed UNPADDED (trimmed to its length)."""
+    """Mean over rows of n * grad(loss of the row alone)^2, n its predicted tokens (1 for classification);
+    each row fed UNPADDED (trimmed to its length)."""
     labels = batch["labels"] if labels is None else labels
     model.eval()
     acc = {n: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}
     used = 0
     for i, n_real in enumerate(lens):
         row_labels = labels[i:i + 1, :n_real] if labels.ndim == 2 else labels[i:i + 1]
-        if labels.ndim == 2 and (row_labels[:, 1:] != -100).sum() == 0:
+        tokens = int((row_labels[:, 1:] != -100).sum()) if labels.ndim == 2 else 1
+        if tokens == 0:
             continue  # no token to predict: the row has no loss
         model.zero_grad(set_to_none=True)
         model(input_ids=batch["input_ids"][i:i + 1, :n_real], labels=row_labels).loss.backward()
         for n in acc:
-            acc[n] += model.get_parameter(n).grad.square()
+            acc[n] += tokens * model.get_parameter(n).grad.square()
         used += 1
     return {n: a / used for n, a in acc.items()}
 
@@ -66,11 +71,13 @@ def assert_fisher_equal(actual, expected):
         assert_close(actual[n], expected[n], rtol=1e-5, atol=1e-12, msg=n)
 
 
-@pytest.mark.parametrize("make,lm", [(tiny_gpt2, True), (tiny_bert, False)], ids=["gpt2", "bert"])
-def test_matches_brute_force_with_padding_and_chunks(make, lm):
+@pytest.mark.parametrize("make,lm,sparse", [(tiny_gpt2, True, False), (lambda: tiny_gpt2(tied=False), True, True),
+                                            (tiny_bert, False, False)], ids=["gpt2", "gpt2-sparse-embeddings", "bert"])
+def test_matches_brute_force_with_padding_and_chunks(make, lm, sparse):
     model = make()
     batch = padded_rows(lm)
-    fisher = diagonal_fisher(model, split(batch, 2, 3), chunk_size=2)  # chunks cross the batches unevenly
+    fisher = diagonal_fisher(model, split(batch, 2, 3), chunk_size=2,  # chunks cross the batches unevenly
+                             sparse_embeddings=sparse)
     expected = brute_force(model, batch)
     assert_fisher_equal(fisher, expected)
     assert all(f.shape == p.shape and f.device == p.device for f, p in
@@ -88,7 +95,8 @@ def test_max_examples_and_frozen_parameters():
 
 
 def test_is_not_the_square_of_the_batch_gradient():
-    """The known bug: (batch gradient)^2 = (mean_x g_x)^2, or (sum_x g_x)^2 / N, instead of mean_x g_x^2."""
+    """The known bug: (batch gradient)^2 = (mean_x g_x)^2, or (sum_x g_x)^2 / N, instead of mean_x g_x^2
+    (each times the 9 predicted tokens per row here, as the per-token Fisher is)."""
     model = tiny_gpt2().eval()
     ids = torch.randint(1, V, (8, 10), generator=torch.Generator().manual_seed(3))
     batch = {"input_ids": ids, "labels": ids}  # equal lengths: the batch loss is the mean of row losses
@@ -96,7 +104,7 @@ def test_is_not_the_square_of_the_batch_gradient():
     assert_fisher_equal(fisher, brute_force(model, batch, lens=[10] * 8))
     model.zero_grad()
     model(**batch).loss.backward()
-    mean_sq = {n: p.grad.square() for n, p in model.named_parameters()}
+    mean_sq = {n: 9 * p.grad.square() for n, p in model.named_parameters()}
     flat = torch.cat([f.flatten() for f in fisher.values()])
     for bug in (mean_sq, {n: 8 * s for n, s in mean_sq.items()}):
         flat_bug = torch.cat([bug[n].flatten() for n in fisher])
@@ -104,6 +112,34 @@ def test_is_not_the_square_of_the_batch_gradient():
     for n in fisher:  # Jensen: F >= (mean g)^2 elementwise
         assert (fisher[n] >= mean_sq[n] * (1 - 1e-6) - 1e-15).all(), n
     assert sum(f.sum() for f in fisher.values()) > 2 * sum(s.sum() for s in mean_sq.values())
+
+
+@pytest.mark.parametrize("kind", ["empirical", "true"])
+def test_lm_fisher_does_not_depend_on_the_block_length(tiny_tokenizer, kind):
+    """Per token, sum F stays within 20 % of its mean at blocks of 32, 64 and 128 tokens of the same text.
+
+    The per-example Fisher of a mean-token loss fell as 1 / block length (the issue: 27.5, 13.5, 7.5), so one
+    lambda meant a 4x weaker penalty at 512 tokens than at 128. The model is first fitted to text of the same
+    kind, as a pretrained model is: untrained, its tokens' gradients share a large mean, which the empirical
+    Fisher adds up over a block; fitted to these very blocks, that blocking's empirical Fisher drops.
+    """
+    model = make_tiny_model(tiny_tokenizer, n_positions=128)
+    train = pack_documents(_docs(DOMAINS["animals"], 400, seed=7), tiny_tokenizer, 64, max_tokens=4096)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        model(input_ids=train.input_ids, labels=train.labels).loss.backward()
+        opt.step()
+    docs = _docs(DOMAINS["animals"], 400, seed=8)
+    tokens = 2048  # the same tokens for every estimate: 64, 32 and 16 blocks
+    totals = []
+    for block in (32, 64, 128):
+        blocks = pack_documents(docs, tiny_tokenizer, block, max_tokens=tokens)
+        assert len(blocks) == tokens // block
+        fisher = diagonal_fisher(model, [blocks[:]], kind=kind, seed=1)
+        totals.append(float(sum(f.double().sum() for f in fisher.values())))
+    mean = sum(totals) / 3
+    assert all(abs(t / mean - 1) < 0.2 for t in totals), totals
 
 
 @pytest.mark.parametrize("make,lm", [(tiny_gpt2, True), (tiny_bert, False)], ids=["gpt2", "bert"])
