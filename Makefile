@@ -19,7 +19,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 # papermill's kernel would draw widget bars, which its log and the executed notebooks cannot show (cl_utils/display.py)
 export CL_PROGRESS := text
 
-.PHONY: setup reproduce test golden bench clean-runs help smollm2
+.PHONY: setup reproduce test golden bench clean-runs help smollm2 tune
 
 help:
 	@sed -n '1,6p' Makefile
@@ -66,6 +66,11 @@ golden: setup
 	$(PY) tests/golden/strip_images.py tests/golden/*.ipynb; \
 	rm -rf tests/golden/results; cp -r $$tmp/runs/smoke/results tests/golden/results; \
 	find tests/golden/results -name '*.json' ! -name '*__*' -delete; rm -rf $$tmp
+
+# The sweeps behind cl_utils/tuned.py: every value chosen on the valid splits (about 20 min on embedded, 2 cores).
+# Options: make tune TUNE_FLAGS="--benchmark lm --key prompt_lr". Points are kept under runs/<profile>/tuning/.
+tune: setup
+	$(PY) -m cl_utils.tuning --profile $(PROFILE) $(TUNE_FLAGS)
 
 # Speed and peak memory of each method's pieces, in one markdown table (not timed tests; verdicts never fail it).
 # Options: make bench BENCH_FLAGS="--quick" (or --threads 1, --only fisher,ewc, --device cuda).

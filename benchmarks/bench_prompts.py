@@ -19,7 +19,7 @@ def rows(setup: Setup) -> list[Row]:
     full = copy.deepcopy(model).train()
 
     items = [{"input_ids": batch["input_ids"][0]}]
-    bench = Benchmark("lm", [Task(f"t{i}", items, items) for i in range(3)], [], lambda f, b: 0.0, "-NLL")
+    bench = Benchmark("lm", [Task(f"t{i}", items, items, items) for i in range(3)], [], lambda f, b: 0.0, "-NLL")
     method = ProgressivePrompts(P)
     model = method.prepare(model, bench)
     for k in range(2):

@@ -1,7 +1,8 @@
 """The benchmark abstraction every method and notebook is written against.
 
-A benchmark is an ordered list of tasks, each with a train and an eval split, plus evaluation-only
-columns (``extra``, e.g. the pretraining corpus) and a score function where higher is better.
+A benchmark is an ordered list of tasks, each with a ``train``, a ``valid`` and a ``test`` split, plus
+evaluation-only columns (``extra``, e.g. the pretraining corpus) and a score function where higher is better.
+Choices (a λ, a learning rate) are made on ``valid``; every reported score comes from ``test``.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ Forward = Callable[[Batch], Any]  # batch -> model output with ``.loss`` / ``.lo
 class Task:
     name: str
     train: Dataset  # items are dicts of tensors
-    eval: Dataset
-    info: dict[str, Any] = field(default_factory=dict)  # e.g. document and token counts
+    valid: Dataset  # for choices (hyper-parameters) only
+    test: Dataset  # for every reported score
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. document and token counts per split
 
 
 @dataclass

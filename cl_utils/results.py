@@ -3,7 +3,8 @@
 Name: ``<benchmark>__<method>.json`` for seed 0 and ``<benchmark>__<method>__seed<k>.json`` otherwise.
 Every file holds profile, benchmark, method, seed, tasks, R, b, the extra columns, metrics,
 trainable_params, train_seconds (closing_seconds apart), whether the method was told the task at test time
-(task_identity) and package versions. Writes are atomic.
+(task_identity), the valid scores of a run a choice was made from (``valid``, else null) and package versions.
+Every score in R, b and the extra columns is on the ``test`` splits. Writes are atomic.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def save_results(result: StreamResult, *, profile: Profile, benchmark: str, seed
         "metrics": result.metrics(), "trainable_params": result.trainable_params,
         "total_params": result.total_params, "train_seconds": result.train_seconds,
         "closing_seconds": result.closing_seconds, "task_identity": result.task_identity,
-        "task_heads": result.task_heads,
+        "task_heads": result.task_heads, "valid": result.valid,
         "hparams": result.hparams, "losses": result.losses, "versions": package_versions(),
         "profile_config": profile_dict(profile), **(extra or {}),
     }
@@ -85,7 +86,8 @@ def result_from_dict(data: dict[str, Any]) -> StreamResult:
     return StreamResult(data["method"], data["tasks"], data["extra_columns"], scores, data["train_seconds"],
                         data["trainable_params"], data["total_params"], data.get("losses", []),
                         data.get("hparams", {}), data["benchmark"], task_identity=data.get("task_identity", False),
-                        task_heads=data.get("task_heads", False), closing_seconds=data.get("closing_seconds", 0.0))
+                        task_heads=data.get("task_heads", False), closing_seconds=data.get("closing_seconds", 0.0),
+                        valid=data.get("valid"))
 
 
 def load_results(profile: str, benchmark: str | None = None, method: str | None = None, *,

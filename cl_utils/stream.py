@@ -2,7 +2,12 @@
 
 The result is a score matrix with one row before the stream and one row after each task:
 ``scores[0]`` is the untouched base model (``b``), ``scores[i + 1, j]`` is column ``j`` after training
-task ``i`` (``R[i, j]`` for the stream tasks; the extra columns come last).
+task ``i`` (``R[i, j]`` for the stream tasks; the extra columns come last). Every score is on the ``test``
+splits. ``valid=True`` also scores each task's ``valid`` split once, at the end of the stream (``result.valid``):
+what a choice between runs (a λ, a learning rate) is made on.
+
+With one head per task (``benchmark.task_heads``) and a ``head_lr``, the heads train in their own AdamW group at
+``head_lr``, the same for every method, whatever learning rate the method's own parameters use.
 """
 from __future__ import annotations
 
@@ -16,13 +21,13 @@ from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 
 from .benchmark import Benchmark
 from .config import TrainSpec
-from .methods import Method
+from .methods import Method, task_head
 from .metrics import summary
 from .models import count_parameters
 from .repro import set_seed
 from .training import autocast, move, train_steps
 
-__all__ = ["StreamResult", "score_split", "evaluate_columns", "run_stream", "run_joint"]
+__all__ = ["StreamResult", "score_split", "evaluate_columns", "evaluate_valid", "param_groups", "run_stream", "run_joint"]
 
 
 @dataclass
@@ -42,6 +47,7 @@ class StreamResult:
     task_heads: bool = False  # one head per task: a task's head is untrained before its task, so FWT is undefined
     closing_seconds: float = 0.0  # the last task's end-of-task work (e.g. its Fisher): no task of the stream uses
     # it, only a continuation of the stream would (the saved ewc_state.pt), so it is not in train_seconds
+    valid: list[float] | None = None  # each stream task's valid score after the whole stream (run with valid=True)
 
     @property
     def R(self) -> np.ndarray:
@@ -50,6 +56,13 @@ class StreamResult:
     @property
     def b(self) -> np.ndarray:
         return self.scores[0, : len(self.tasks)]
+
+    @property
+    def valid_acc(self) -> float:
+        """The mean valid score over the tasks after the stream: ACC on ``valid``, what choices are made on."""
+        if self.valid is None:
+            raise ValueError(f"{self.method}: no valid scores; run it with valid=True (Experiment.run(..., valid=True))")
+        return float(np.mean(self.valid))
 
     def metrics(self) -> dict[str, float | None]:
         """ACC, BWT, FWT and forgetting; only ACC where intermediate rows were not evaluated. FWT is None with
@@ -79,19 +92,40 @@ def score_split(model: torch.nn.Module, method: Method, benchmark: Benchmark, da
 
 def evaluate_columns(model: torch.nn.Module, method: Method, benchmark: Benchmark, *, batch_size: int,
                      device: torch.device) -> list[float]:
-    """Score every stream task (as its own task id) and every extra column (task id None)."""
+    """Score every stream task (as its own task id) and every extra column (task id None), on ``test``."""
     ids: list[int | None] = [*range(len(benchmark.tasks)), *([None] * len(benchmark.extra))]
-    return [score_split(model, method, benchmark, task.eval, task_id, batch_size=batch_size, device=device)
+    return [score_split(model, method, benchmark, task.test, task_id, batch_size=batch_size, device=device)
             for task_id, task in zip(ids, benchmark.columns)]
+
+
+def evaluate_valid(model: torch.nn.Module, method: Method, benchmark: Benchmark, *, batch_size: int,
+                   device: torch.device) -> list[float]:
+    """Score every stream task (as its own task id) on its ``valid`` split."""
+    return [score_split(model, method, benchmark, task.valid, task_id, batch_size=batch_size, device=device)
+            for task_id, task in enumerate(benchmark.tasks)]
 
 
 def _before(model, benchmark, batch_size, device) -> list[float]:
     return evaluate_columns(model, Method(), benchmark, batch_size=batch_size, device=device)
 
 
+def param_groups(model: torch.nn.Module, params: list[torch.nn.Parameter], benchmark: Benchmark,
+                 head_lr: float | None) -> list[dict]:
+    """AdamW groups: the task heads among ``params`` at ``head_lr``, the rest at the method's lr (one group, no
+    ``"lr"``, when the benchmark has no heads or ``head_lr`` is None)."""
+    heads = set()
+    if benchmark.task_heads and head_lr is not None:
+        heads = {id(p) for t in range(len(benchmark.tasks)) for p in task_head(model, t).parameters()}
+    own = [p for p in params if id(p) not in heads]
+    head = [p for p in params if id(p) in heads]
+    return [{"params": own}] + ([{"params": head, "lr": head_lr}] if head else [])
+
+
 def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spec: TrainSpec, *, seed: int,
-               eval_batch_size: int = 32, progress: bool = True) -> StreamResult:
-    """Train ``method`` on each task of ``benchmark`` in turn, scoring all columns after each task."""
+               eval_batch_size: int = 32, progress: bool = True, valid: bool = False,
+               head_lr: float | None = None) -> StreamResult:
+    """Train ``method`` on each task of ``benchmark`` in turn, scoring all columns (``test``) after each task, and
+    the tasks' ``valid`` splits once at the end when ``valid``. ``head_lr``: see the module docstring."""
     device = next(model.parameters()).device
     set_seed(seed)
     rows = [_before(model, benchmark, eval_batch_size, device)]
@@ -110,8 +144,8 @@ def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spe
             return loss if extra is None else loss + extra
 
         model.train()
-        log = train_steps(loss_fn, params, benchmark.loader(task.train, spec.batch_size, shuffle=True,
-                                                            seed=seed * 1000 + task_id),
+        log = train_steps(loss_fn, param_groups(model, params, benchmark, head_lr),
+                          benchmark.loader(task.train, spec.batch_size, shuffle=True, seed=seed * 1000 + task_id),
                           spec, device=device, desc=f"{method.label} · task {task_id + 1}/{T} ({task.name})",
                           progress=progress)
         start = time.perf_counter()
@@ -121,15 +155,17 @@ def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spe
         seconds += log.seconds + (end_seconds if task_id < T - 1 else 0.0)
         closing = end_seconds if task_id == T - 1 else closing
         rows.append(evaluate_columns(model, method, benchmark, batch_size=eval_batch_size, device=device))
+    valid_scores = evaluate_valid(model, method, benchmark, batch_size=eval_batch_size, device=device) if valid else None
     return StreamResult(method.name, [t.name for t in benchmark.tasks], [t.name for t in benchmark.extra],
                         np.array(rows), seconds, sum(p.numel() for p in trained.values()), count_parameters(model),
                         losses, method.describe(), benchmark.name, model,
                         task_identity=method.needs_task_id or benchmark.task_heads, task_heads=benchmark.task_heads,
-                        closing_seconds=closing)
+                        closing_seconds=closing, valid=valid_scores)
 
 
 def run_joint(model: torch.nn.Module, benchmark: Benchmark, spec: TrainSpec, *, seed: int,
-              eval_batch_size: int = 32, progress: bool = True) -> StreamResult:
+              eval_batch_size: int = 32, progress: bool = True, valid: bool = False,
+              head_lr: float | None = None) -> StreamResult:
     """The multitask reference: one run on the union of all tasks, with the stream's total budget. It is a
     reference, not an upper bound: a method of the stream can beat it on a task.
 
@@ -150,12 +186,14 @@ def run_joint(model: torch.nn.Module, benchmark: Benchmark, spec: TrainSpec, *, 
     budget = TrainSpec(**{**spec.__dict__, "steps": spec.steps * T})
     method = Method()
     model.train()
-    log = train_steps(lambda b: model(**b).loss, method.parameters(model, 0), loader, budget, device=device,
-                      desc=f"joint · {T} tasks", progress=progress)
+    groups = param_groups(model, method.parameters(model, 0), benchmark, head_lr)
+    log = train_steps(lambda b: model(**b).loss, groups, loader, budget, device=device, desc=f"joint · {T} tasks",
+                      progress=progress)
     final = evaluate_columns(model, method, benchmark, batch_size=eval_batch_size, device=device)
+    valid_scores = evaluate_valid(model, method, benchmark, batch_size=eval_batch_size, device=device) if valid else None
     nan = [float("nan")] * len(final)
     return StreamResult("joint", [t.name for t in benchmark.tasks], [t.name for t in benchmark.extra],
                         np.array([before, *([nan] * (T - 1)), final]), log.seconds,
                         count_parameters(model, trainable_only=True), count_parameters(model), [log.losses],
                         {"steps": budget.steps}, benchmark.name, model, task_identity=benchmark.task_heads,
-                        task_heads=benchmark.task_heads)
+                        task_heads=benchmark.task_heads, valid=valid_scores)

@@ -56,14 +56,22 @@ def _lr_lambda(spec: TrainSpec) -> Callable[[int], float]:
     return f
 
 
-def train_steps(loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], params: Iterable[torch.nn.Parameter],
-                loader: DataLoader, spec: TrainSpec, *, device: torch.device, desc: str = "train",
-                progress: bool = True) -> TrainLog:
-    """Run ``spec.steps`` optimiser steps of ``loss_fn`` over ``loader`` (cycled as often as needed)."""
-    params = [p for p in params if p.requires_grad]
+def train_steps(loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+                params: Iterable[torch.nn.Parameter] | list[dict], loader: DataLoader, spec: TrainSpec, *,
+                device: torch.device, desc: str = "train", progress: bool = True) -> TrainLog:
+    """Run ``spec.steps`` optimiser steps of ``loss_fn`` over ``loader`` (cycled as often as needed).
+
+    ``params``: parameters (all at ``spec.lr``), or AdamW parameter groups ``[{"params": [...], "lr": ...}]`` (a
+    group without ``"lr"`` gets ``spec.lr``); every group follows the same warm-up and cosine schedule.
+    """
+    params = list(params)
+    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+    groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+    groups = [g for g in groups if g["params"]]
+    params = [p for g in groups for p in g["params"]]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
-    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(spec))
     log = TrainLog()
     start = time.perf_counter()

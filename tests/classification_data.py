@@ -26,7 +26,8 @@ def smoke_pools():
 def smoke_benchmark() -> Benchmark:
     """What ``setup("smoke", benchmark="classification")`` builds, without the cache folder."""
     tasks = select_tasks(get_profile("smoke").classification, smoke_pools(), tokenizer().pad_token_id)
-    return Benchmark("classification", tasks, [], accuracy, "accuracy", PadCollate(tokenizer().pad_token_id))
+    return Benchmark("classification", tasks, [], accuracy, "accuracy", PadCollate(tokenizer().pad_token_id),
+                     task_heads=True)
 
 
 def small_benchmark(n_train: int = 24, n_eval: int = 12) -> Benchmark:
@@ -34,10 +35,10 @@ def small_benchmark(n_train: int = 24, n_eval: int = 12) -> Benchmark:
     tasks = []
     for t in smoke_benchmark().tasks:
         sub = [type(d)(d.input_ids[:n], d.lengths[:n], d.labels[:n], d.task_id, d.texts[:n])
-               for d, n in ((t.train, n_train), (t.eval, n_eval))]
-        tasks.append(Task(t.name, sub[0], sub[1], t.info))
+               for d, n in ((t.train, n_train), (t.valid, n_eval), (t.test, n_eval))]
+        tasks.append(Task(t.name, *sub, t.info))
     b = smoke_benchmark()
-    return Benchmark(b.name, tasks, [], b.score, b.score_name, b.collate)
+    return Benchmark(b.name, tasks, [], b.score, b.score_name, b.collate, task_heads=True)
 
 
 def tiny_classifier(num_labels=(4, 3), seed: int = 0, vocab_size: int | None = None) -> MultiHeadClassifier:

@@ -59,6 +59,7 @@ def tiny_benchmark(tiny_tokenizer):
     tasks = []
     for i, (name, words) in enumerate(DOMAINS.items()):
         train = pack_documents(_docs(words, 60, 100 + i), tiny_tokenizer, 16)
-        evals = pack_documents(_docs(words, 10, 200 + i), tiny_tokenizer, 16, keep_last=True)
-        tasks.append(Task(name, train, evals))
+        valid = pack_documents(_docs(words, 6, 300 + i), tiny_tokenizer, 16, keep_last=True)
+        test = pack_documents(_docs(words, 10, 200 + i), tiny_tokenizer, 16, keep_last=True)
+        tasks.append(Task(name, train, valid, test))
     return Benchmark("lm", tasks[:2], tasks[2:], lm_score, "-NLL")

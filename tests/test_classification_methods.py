@@ -7,12 +7,14 @@ import cl_utils.experiment as experiment
 from cl_utils.ewc import EWC
 from cl_utils.lora import OLoRA, PerTaskLoRA, SequentialLoRA
 from cl_utils.methods import Naive
+from cl_utils.probe import LinearProbe
 from cl_utils.prompts import ProgressivePrompts
 from cl_utils.saving import EWC_STATE, load_trained, save_trained
 from cl_utils.stream import evaluate_columns, run_stream
 from cl_utils.config import TrainSpec
 
 from .classification_data import small_benchmark, smoke_benchmark, tiny_classifier, tokenizer
+from .conftest import make_tiny_model
 
 SPEC = TrainSpec(steps=3, batch_size=8, lr=1e-3, warmup_steps=1)
 CPU = torch.device("cpu")
@@ -51,8 +53,8 @@ def bench():
 @pytest.mark.parametrize("method", [
     lambda: Naive(), lambda: EWC(100.0, fisher_examples=8), lambda: EWC(100.0, mode="online", fisher_examples=8),
     lambda: ProgressivePrompts(4), lambda: SequentialLoRA(r=2, alpha=4), lambda: PerTaskLoRA(r=2, alpha=4),
-    lambda: OLoRA(r=2, alpha=4),
-], ids=["naive", "ewc", "online_ewc", "prompts", "lora_sequential", "lora_per_task", "olora"])
+    lambda: OLoRA(r=2, alpha=4), lambda: LinearProbe(),
+], ids=["naive", "ewc", "online_ewc", "prompts", "lora_sequential", "lora_per_task", "olora", "linear_probe"])
 def test_every_method_runs_a_classification_stream(bench, method):
     method = method()
     model = tiny_classifier()
@@ -60,9 +62,9 @@ def test_every_method_runs_a_classification_stream(bench, method):
     result = run_stream(model, bench, method, SPEC, seed=0, eval_batch_size=16, progress=False)
     assert result.scores.shape == (3, 2) and ((result.scores >= 0) & (result.scores <= 1)).all()
     assert all(np.isfinite(loss).all() and len(loss) == SPEC.steps for loss in result.losses)
-    frozen_encoder = method.name in ("progressive_prompts", "lora_sequential", "lora_per_task", "olora")
+    frozen_encoder = method.name in ("progressive_prompts", "lora_sequential", "lora_per_task", "olora", "linear_probe")
     assert _same(_encoder_weights(result.model), encoder) == frozen_encoder  # bit-identical when frozen
-    if method.name in ("progressive_prompts", "lora_per_task"):  # task identity, frozen once trained
+    if method.name in ("progressive_prompts", "lora_per_task", "linear_probe"):  # frozen once trained
         assert result.R[1, 0] == result.R[0, 0]
     if frozen_encoder:
         heads = [n for n, _ in result.model.named_parameters() if "heads." in n]
@@ -79,6 +81,29 @@ def test_naive_leaves_the_other_tasks_heads_bit_identical(bench):
     assert torch.equal(after_0["1.weight"], start["1.weight"])  # head 1 untouched by task 0
     assert torch.equal(after_1["0.weight"], after_0["0.weight"])  # head 0 untouched by task 1
     assert not torch.equal(after_1["1.weight"], after_0["1.weight"])
+
+
+def test_heads_train_in_their_own_group_at_head_lr_whatever_the_methods_lr(bench):
+    """With a vanishing head lr the heads stay put while the encoder trains at the method's lr; without a head lr
+    they train at the method's lr. (If the group were ignored, the first heads would move by ~1e-3.)"""
+    model = tiny_classifier()
+    heads, encoder = _state(model.heads), _state(model.bert)
+    run_stream(model, bench, Naive(), SPEC, seed=0, eval_batch_size=16, progress=False, head_lr=1e-12)
+    assert max((model.heads.state_dict()[k] - v).abs().max().item() for k, v in heads.items()) < 1e-9
+    assert not _same(_state(model.bert), encoder)
+    model = tiny_classifier()
+    run_stream(model, bench, Naive(), SPEC, seed=0, eval_batch_size=16, progress=False)
+    assert (model.heads[0].weight - heads["0.weight"]).abs().max().item() > 1e-4
+
+
+def test_linear_probe_trains_only_the_heads_and_needs_them(bench, tiny_tokenizer, tiny_benchmark):
+    model = tiny_classifier()
+    encoder = _state(model.bert)
+    r = run_stream(model, bench, LinearProbe(), SPEC, seed=0, eval_batch_size=16, progress=False, head_lr=1e-2)
+    assert _same(_state(r.model.bert), encoder)
+    assert r.metrics()["BWT"] == 0.0 and r.trainable_params == sum(p.numel() for p in model.heads.parameters())
+    with pytest.raises(ValueError, match="one head per task"):
+        LinearProbe().prepare(make_tiny_model(tiny_tokenizer), tiny_benchmark)
 
 
 def test_prompts_train_the_task_head_and_freeze_everything_else(bench):
@@ -169,6 +194,6 @@ def test_saved_model_and_ewc_state_reproduce_the_accuracy(tmp_path):
 def test_real_smoke_stream_scores_are_accuracies():
     bench = smoke_benchmark()
     result = run_stream(tiny_classifier(), bench, Naive(), SPEC, seed=0, eval_batch_size=32, progress=False)
-    n_eval = [len(t.eval) for t in bench.tasks]
+    n_eval = [len(t.test) for t in bench.tasks]
     for row in result.scores:  # every accuracy is a whole number of correct rows
         assert all(abs(a * n - round(a * n)) < 1e-9 for a, n in zip(row, n_eval))

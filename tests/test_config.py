@@ -37,7 +37,8 @@ def test_unknown_fields_raise_with_the_valid_names(key, match):
 
 @pytest.mark.parametrize("key,value,match", [
     ("finetune.steps", 0, "steps"), ("finetune.lr", -1.0, "lr"), ("model.n_head", 3, "divisible"),
-    ("block_size", 10_000, "n_positions"), ("stream.news.eval_fraction", 1.5, "eval_fraction"),
+    ("block_size", 10_000, "n_positions"), ("stream.news.test_fraction", 1.5, "test_fraction"),
+    ("stream.news.valid_fraction", 0.95, "must be < 1"),
 ])
 def test_bad_values_are_refused(key, value, match):
     with pytest.raises(ValueError, match=match):

@@ -184,7 +184,7 @@ def test_bad_hyper_parameters(kwargs, match):
 def test_empty_train_split_and_mismatched_fisher(tiny_tokenizer, tiny_benchmark):
     model = make_tiny_model(tiny_tokenizer)
     task = tiny_benchmark.tasks[0]
-    empty = type(task)(task.name, task.train.subset(0), task.eval)
+    empty = type(task)(task.name, task.train.subset(0), task.valid, task.test)
     with pytest.raises(ValueError, match="at least one"):
         EWC(1.0).end_task(model, 0, empty, tiny_benchmark)
     net = small_net()

@@ -33,11 +33,12 @@ def local_gpt2_profile(tmp_path, tiny_tokenizer):
     tiny_tokenizer.save_pretrained(model_dir)
     words = list(DOMAINS.values())
     paths = {
-        "wiki": _write_dataset(tmp_path / "wikitext", "text", {"train": _docs(words[0], 40, 1),
+        "wiki": _write_dataset(tmp_path / "wikitext", "text", {"train": _docs(words[0], 80, 1),
                                                                "test": _docs(words[0], 10, 2)}),
-        "news": _write_dataset(tmp_path / "ag_news", "text", {"train": _docs(words[1], 40, 3),
+        "news": _write_dataset(tmp_path / "ag_news", "text", {"train": _docs(words[1], 80, 3),
                                                               "test": _docs(words[1], 10, 4)}),
         "social": _write_dataset(tmp_path / "tweet_eval", "text", {"train": _docs(words[2], 40, 5),
+                                                                   "validation": _docs(words[2], 8, 8),
                                                                    "test": _docs(words[2], 10, 6) + ["cat."]}),
         "technical": _write_dataset(tmp_path / "arxiv", "abstract", {"train": _docs(words[0] + words[1], 80, 7)}),
     }
@@ -49,7 +50,7 @@ def local_gpt2_profile(tmp_path, tiny_tokenizer):
 
 def test_gpt2_profile_loads_model_and_datasets_through_the_hub_code(local_gpt2_profile):
     p = local_gpt2_profile
-    assert p.stream[2].text_column == "abstract" and p.stream[2].eval_split is None  # as on the hub
+    assert p.stream[2].text_column == "abstract" and p.stream[2].test_split is None  # as on the hub
     base = load_base(p, progress=False)
     model = base.fresh()
     assert type(model).__name__ == "GPT2LMHeadModel"
@@ -57,8 +58,8 @@ def test_gpt2_profile_loads_model_and_datasets_through_the_hub_code(local_gpt2_p
     assert [t.name for t in bench.tasks] == ["news", "social", "technical"]
     assert [t.name for t in bench.extra] == ["wikitext103"]
     for task in bench.columns:
-        assert len(task.train) > 0 and len(task.eval) > 0
-        assert task.info["train_docs"] > task.info["eval_docs"] > 0
+        assert len(task.train) > 0 and len(task.valid) > 0 and len(task.test) > 0
+        assert task.info["train_docs"] > task.info["test_docs"] > 0 and task.info["valid_docs"] > 0
 
 
 def test_gpt2_profile_offline_fails_fast_with_advice(monkeypatch):

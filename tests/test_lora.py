@@ -1,4 +1,5 @@
-"""LoRA through peft: frozen base, per-task isolation, O-LoRA's penalty and adapter sum, merging, architectures."""
+"""LoRA through peft: frozen base, per-task isolation, O-LoRA's penalty, its λ₁ = 0 ablation and adapter sum, merging,
+architectures."""
 import types
 import warnings
 
@@ -14,6 +15,7 @@ from cl_utils.evaluation import lm_score
 from cl_utils.lora import (OLoRA, PerTaskLoRA, SequentialLoRA, adapter_name, adapter_parameters,
                            adapter_size_on_disk, lora_config, lora_targets, merged_model, orthogonality_penalty,
                            trainable_parameter_report)
+from cl_utils.results import results_path
 from cl_utils.stream import run_stream
 
 from .conftest import make_tiny_model
@@ -44,17 +46,18 @@ def _spy(cls, **kwargs):
 
 @pytest.fixture(scope="module")
 def runs(tiny_tokenizer, tiny_benchmark):
-    """One short stream per variant: (result, method spy, base weights before the stream)."""
+    """One short stream per variant, keyed by method name: (result, method spy, base weights before the stream)."""
     out = {}
-    for cls, kwargs in ((SequentialLoRA, {}), (PerTaskLoRA, {}), (OLoRA, {"lambda_orth": 0.5, "lambda_l2": 1e-3})):
+    for cls, kwargs in ((SequentialLoRA, {}), (PerTaskLoRA, {}), (OLoRA, {"lambda_orth": 0.5, "lambda_l2": 1e-3}),
+                        (OLoRA, {"lambda_orth": 0.0, "lambda_l2": 1e-3})):
         model = make_tiny_model(tiny_tokenizer)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         method = _spy(cls, r=4, alpha=8, **kwargs)
-        out[cls.name] = (run_stream(model, tiny_benchmark, method, SPEC, seed=0, progress=False), method, before)
+        out[method.name] = (run_stream(model, tiny_benchmark, method, SPEC, seed=0, progress=False), method, before)
     return out
 
 
-@pytest.mark.parametrize("name", ["lora_sequential", "lora_per_task", "olora"])
+@pytest.mark.parametrize("name", ["lora_sequential", "lora_per_task", "olora", "olora_no_penalty"])
 def test_base_weights_bit_identical_and_only_adapters_train(runs, name):
     result, method, before = runs[name]
     model = method.model
@@ -98,7 +101,7 @@ def test_merged_adapter_scores_like_the_unmerged_one(runs, tiny_benchmark):
     assert not isinstance(merged, PeftModel) and not any(isinstance(m, LoraLayer) for m in merged.modules())
     assert merged.loss_type == "ForCausalLM" and sorted(model.peft_config) == ["task_0", "task_1"]  # untouched
     model.eval()
-    loader = tiny_benchmark.loader(task.eval, 32)  # the runner's eval batch size: same sums, same bits
+    loader = tiny_benchmark.loader(task.test, 32)  # the runner's eval batch size: same sums, same bits
     unmerged = lm_score(lambda b: method.forward(model, b, 0), loader)
     assert lm_score(lambda b: merged(**b), loader) == pytest.approx(unmerged, abs=1e-5)
     assert unmerged == pytest.approx(result.R[-1, 0], abs=1e-12)
@@ -107,13 +110,24 @@ def test_merged_adapter_scores_like_the_unmerged_one(runs, tiny_benchmark):
         merged_model(model, 7)
 
 
+def test_orthogonality_penalty_is_the_official_l1_sum_of_entries():
+    a_new = torch.tensor([[1.0, -2.0, 0.0], [0.5, 0.0, 3.0]])  # (r=2, in=3)
+    a_old = torch.tensor([[2.0, 1.0, -1.0]])  # a_new @ a_old.T = [[0], [-2]]
+    a_two = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 1.0]])  # a_new @ a_two.T = [[-1, 0], [3.5, 3]]
+    assert orthogonality_penalty(a_new, [a_old]).item() == pytest.approx(2.0)
+    assert orthogonality_penalty(a_new, [a_old, a_two]).item() == pytest.approx(2.0 + 7.5)  # squared: 4 + 22.25
+    # the official code stacks the old A's into one lora_A: the same number
+    assert orthogonality_penalty(a_new, [torch.cat([a_old, a_two])]).item() == pytest.approx(9.5)
+    assert orthogonality_penalty(a_new, []).item() == 0.0
+
+
 def test_orthogonality_penalty_zero_iff_rows_orthogonal():
     q, _ = torch.linalg.qr(torch.randn(32, 12, dtype=torch.float64))  # 12 orthonormal columns in R^32
     a_old, a_other, a_new = q[:, :4].T, q[:, 4:8].T, 3.0 * q[:, 8:].T  # (r=4, in=32) each
-    assert orthogonality_penalty(a_new, [a_old, a_other]).item() == pytest.approx(0.0, abs=1e-20)
-    assert orthogonality_penalty(a_old, [a_old]).item() == pytest.approx(4.0)  # ||I_4||_F^2
+    assert orthogonality_penalty(a_new, [a_old, a_other]).item() == pytest.approx(0.0, abs=1e-12)
+    assert orthogonality_penalty(a_old, [a_old]).item() == pytest.approx(4.0)  # sum |I_4|
     mixed = a_new + 0.1 * a_old
-    assert orthogonality_penalty(mixed, [a_old]).item() == pytest.approx(4 * 0.01)
+    assert orthogonality_penalty(mixed, [a_old]).item() == pytest.approx(4 * 0.1)  # sum |0.1 I_4|
 
 
 def test_olora_penalty_on_the_model_and_its_gradient(tiny_tokenizer, tiny_benchmark):
@@ -129,10 +143,10 @@ def test_olora_penalty_on_the_model_and_its_gradient(tiny_tokenizer, tiny_benchm
         for layer in layers:
             a_old, a_new = layer.lora_A["task_0"].weight, layer.lora_A["task_1"].weight
             a_new -= (a_new @ a_old.T) @ torch.linalg.pinv(a_old.T)
-    assert method.penalty(model, 1).item() == pytest.approx(0.0, abs=1e-10)
+    assert method.penalty(model, 1).item() == pytest.approx(0.0, abs=1e-5)
     with torch.no_grad():
         layers[0].lora_A["task_1"].weight.copy_(layers[0].lora_A["task_0"].weight)
-    expected = 2.0 * (layers[0].lora_A["task_0"].weight @ layers[0].lora_A["task_0"].weight.T).pow(2).sum()
+    expected = 2.0 * (layers[0].lora_A["task_0"].weight @ layers[0].lora_A["task_0"].weight.T).abs().sum()
     penalty = method.penalty(model, 1)
     assert penalty.item() == pytest.approx(expected.item(), rel=1e-5) and penalty.item() > 0
     penalty.backward()
@@ -142,6 +156,52 @@ def test_olora_penalty_on_the_model_and_its_gradient(tiny_tokenizer, tiny_benchm
     report = trainable_parameter_report(model)
     assert report["trainable"] == sum(p.numel() for p in adapter_parameters(model, "task_1"))
     assert report["percent"] == pytest.approx(100 * report["trainable"] / report["total"])
+
+
+def test_olora_l2_term_is_the_unsquared_norm_of_each_new_parameter(tiny_tokenizer, tiny_benchmark):
+    method = OLoRA(r=2, lambda_orth=0.0, lambda_l2=0.1)
+    model = method.prepare(make_tiny_model(tiny_tokenizer), tiny_benchmark)
+    method.begin_task(model, 0, tiny_benchmark.tasks[0])
+    params = adapter_parameters(model, "task_0")
+    penalty = method.penalty(model, 0)
+    expected = 0.1 * sum(p.detach().pow(2).sum().sqrt() for p in params)  # B = 0 adds nothing yet
+    assert penalty.item() == pytest.approx(expected.item(), rel=1e-6) and penalty.item() > 0
+    penalty.backward()  # the norm of the zero B: gradient 0, not NaN
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+    assert any(p.grad.abs().max() > 0 for p in params)
+
+
+def test_lambda_zero_is_the_no_penalty_ablation_by_name():
+    ablation, olora = OLoRA(lambda_orth=0.0), OLoRA()
+    assert (ablation.name, olora.name, OLoRA.name) == ("olora_no_penalty", "olora", "olora")
+    assert ablation.label == "olora_no_penalty r=8 λ₁=0" and olora.label == "olora r=8 λ₁=0.5"
+    assert ablation.describe()["lambda_orth"] == 0.0 and olora.describe()["lambda_orth"] == 0.5
+    assert results_path("smoke", "lm", ablation.name, 0).name == "lm__olora_no_penalty.json"
+    with pytest.raises(ValueError, match="olora: lambda_orth must be a number >= 0"):
+        OLoRA(lambda_orth=-0.1)
+
+
+def test_ablation_trains_as_olora_minus_the_penalty(runs, tiny_tokenizer, tiny_benchmark):
+    result, method, _ = runs["olora_no_penalty"]
+    assert result.method == "olora_no_penalty" and not result.task_identity
+    assert result.hparams["lambda_orth"] == 0.0 and result.hparams["lambda_l2"] == 1e-3
+    model = method.model
+    assert model.active_adapters == ["task_0", "task_1"]  # summed at inference, as O-LoRA
+    old = adapter_parameters(model, "task_0")
+    assert not {id(p) for p in old} & method.trained[1]
+    assert all(torch.equal(p, q) and not p.requires_grad for p, q in zip(old, method.snapshots[0]))
+    # while task 1 trains, the loss is O-LoRA's with the orthogonality term left out: only L2 remains
+    l2 = 1e-3 * sum(p.detach().norm() for p in adapter_parameters(model, "task_1"))
+    assert method.penalty(model, 1).item() == pytest.approx(l2.item(), rel=1e-6)
+
+    class NoOrthogonality(OLoRA):  # O-LoRA at λ₁ = 0.5 with only the orthogonality term removed
+        def orthogonality(self, model, task_id):
+            return torch.zeros(())
+
+    zeroed = run_stream(make_tiny_model(tiny_tokenizer), tiny_benchmark,
+                        NoOrthogonality(r=4, alpha=8, lambda_orth=0.5, lambda_l2=1e-3), SPEC, seed=0, progress=False)
+    np.testing.assert_array_equal(zeroed.scores, result.scores)  # nothing else depends on lambda_orth
+    assert not np.array_equal(runs["olora"][0].scores, result.scores)  # while the penalty does change training
 
 
 def test_olora_old_adapter_frozen_and_inference_sums_adapters(runs, tiny_benchmark):
@@ -158,7 +218,7 @@ def test_olora_old_adapter_frozen_and_inference_sums_adapters(runs, tiny_benchma
                   for n in ("task_0", "task_1")]
         assert all(d.abs().max() > 1e-6 for d in deltas)  # both adapters trained (B is no longer zero)
         torch.testing.assert_close(layer(x), layer.base_layer(x) + deltas[0] + deltas[1])
-        batch = next(iter(tiny_benchmark.loader(tiny_benchmark.tasks[0].eval, 4)))
+        batch = next(iter(tiny_benchmark.loader(tiny_benchmark.tasks[0].test, 4)))
         logits = method.forward(model, batch, None).logits
         torch.testing.assert_close(merged_model(model, [0, 1]).eval()(**batch).logits, logits, atol=1e-5, rtol=0)
         assert (merged_model(model, 0).eval()(**batch).logits - logits).abs().max() > 1e-4

@@ -72,7 +72,7 @@ def test_prompt_order_and_which_prompts_each_task_sees(tiny_tokenizer, tiny_benc
     model, P = make_tiny_model(tiny_tokenizer), 2
     method = ProgressivePrompts(P, reparam_hidden=4)
     method.prepare(model, tiny_benchmark)
-    batch = tiny_benchmark.tasks[0].eval[:3]
+    batch = tiny_benchmark.tasks[0].test[:3]
     L = batch["input_ids"].shape[1]
     assert method.forward(model, batch, 0).logits.shape[1] == L  # no prompt yet: the plain model
     for k in range(2):
@@ -125,7 +125,7 @@ def test_scores_exactly_the_tokens_of_the_base_model(tiny_tokenizer, tiny_benchm
     method.prepare(model, tiny_benchmark)
     method.begin_task(model, 0, tiny_benchmark.tasks[0])
     model.eval()
-    evals = tiny_benchmark.tasks[0].eval
+    evals = tiny_benchmark.tasks[0].test
     assert evals.attention_mask[-1].sum() < evals.input_ids.shape[1]  # the last block is padded
     total, count = 0.0, 0
     with torch.no_grad():
@@ -172,7 +172,7 @@ def test_prompt_stack_longer_than_the_positions_fails_before_any_training(tiny_t
 def _bert_benchmark(L=8, n=4):
     items = [{"input_ids": torch.randint(5, 50, (L,)), "attention_mask": torch.ones(L, dtype=torch.long),
               "token_type_ids": torch.zeros(L, dtype=torch.long), "labels": torch.tensor(i % 3)} for i in range(n)]
-    task = Task("cls", items, items)
+    task = Task("cls", items, items, items)
     return Benchmark("classification", [task, task], [], lambda f, b: 0.0, "accuracy")
 
 

@@ -51,7 +51,7 @@ def test_mean_and_std_over_seeds_and_missing_notebooks():
     assert table.loc["naive", "ACC"] == "-3.150 ± 0.100" and table.loc["ewc", "ACC"] == "-3.200"
     assert table.loc["joint", "BWT"] == "–"
     assert c.missing == {"02_ewc": ["online_ewc"], "03_progressive_prompts": ["progressive_prompts"],
-                         "04_lora": ["lora_sequential", "lora_per_task", "olora"]}
+                         "04_lora": ["lora_sequential", "lora_per_task", "olora", "olora_no_penalty"]}
     text = c.missing_text()
     assert "lora_sequential" in text and "03_progressive_prompts" in text and "BENCHMARK='lm'" in text
     for fig in (c.heatmaps(seed=1), c.trajectories(), c.transfer()):
@@ -128,3 +128,22 @@ def test_methods_told_the_task_are_listed_apart_and_heads_make_fwt_undefined(tmp
     assert "FWT is undefined" in caption and table.loc["naive (baseline)", "FWT"] == "–"
     fig = c.transfer()
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["BWT"]
+
+
+def test_paired_comparison_calls_a_difference_only_where_every_seed_agrees(tmp_path, monkeypatch):
+    monkeypatch.setenv("CL_RUNS_DIR", str(tmp_path))
+    noise = {0: 0.05, 1: -0.04, 2: 0.01}
+    for seed, shift in [(0, 0.0), (1, 0.1), (2, 0.2)]:
+        _save(_result("naive", shift), seed)
+        _save(_result("steady", shift + 0.05), seed)  # +0.05 ACC on every seed
+        _save(_result("noisy", shift + noise[seed]), seed)  # +0.007 on average, signs disagree
+    _save(_result("single", 0.3), 0)
+    paired = Comparison.load("smoke", "lm").paired()
+    assert paired.loc["steady", "ΔACC"] == pytest.approx(0.05) and paired.loc["steady", "ACC verdict"] == "better"
+    assert paired.loc["noisy", "ACC verdict"] == "within noise" and paired.loc["noisy", "seeds"] == 3
+    assert paired.loc["single", "ACC verdict"] == "one seed" and paired.loc["single", "seeds"] == 1
+    assert paired.loc["steady", "BWT verdict"] == "within noise"  # a uniform shift leaves BWT as naive's
+    findings = Comparison.load("smoke", "lm").findings()
+    assert "steady against naive, paired over 3 seed(s): ACC +0.050 (better)" in findings
+    with pytest.raises(ValueError, match="no 'joint' results"):
+        Comparison.load("smoke", "lm").paired("joint")

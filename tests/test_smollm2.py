@@ -106,9 +106,9 @@ def test_held_out_wikipedia_perplexity(smollm2):
     from cl_utils.data import load_lm_corpus
 
     base, _ = smollm2
-    profile = get_profile("smollm2", {"pretrain_corpus.max_eval_tokens": 4096})
+    profile = get_profile("smollm2", {"pretrain_corpus.max_test_tokens": 4096})
     task = load_lm_corpus(profile.pretrain_corpus, base.tokenizer, profile.block_size, base.tokenizer_key)
-    assert task.info["eval_tokens"] == 4096
+    assert task.info["test_tokens"] == 4096
     model = base.fresh().eval()
-    ppl = perplexity(lm_score(lambda b: model(**b), torch.utils.data.DataLoader(task.eval, batch_size=8)))
+    ppl = perplexity(lm_score(lambda b: model(**b), torch.utils.data.DataLoader(task.test, batch_size=8)))
     assert 10 < ppl < 60  # about 31 (a 1.35M-parameter model: hundreds)

@@ -8,7 +8,7 @@ from cl_utils.config import TrainSpec, get_profile
 from cl_utils.methods import Naive
 from cl_utils.models import load_base
 from cl_utils.results import load_results, result_from_dict, results_path, save_results, sweep_tag
-from cl_utils.stream import run_joint, run_stream
+from cl_utils.stream import run_joint, run_stream, score_split
 
 from .conftest import make_tiny_model
 
@@ -40,6 +40,26 @@ def test_joint_has_only_a_final_row(tiny_tokenizer, tiny_benchmark):
     m = r.metrics()
     assert m["ACC"] == pytest.approx(r.R[-1].mean()) and m["BWT"] is None and m["forgetting"] is None
     assert r.hparams["steps"] == SPEC.steps * len(tiny_benchmark.tasks)
+
+
+def test_valid_is_scored_once_at_the_end_only_when_asked_and_saved(tiny_tokenizer, tiny_benchmark, tmp_path,
+                                                                    monkeypatch):
+    monkeypatch.setenv("CL_RUNS_DIR", str(tmp_path))
+    r = run_stream(make_tiny_model(tiny_tokenizer), tiny_benchmark, Naive(), SPEC, seed=0, progress=False, valid=True)
+    cpu = next(r.model.parameters()).device
+    expected = [score_split(r.model, Naive(), tiny_benchmark, t.valid, j, batch_size=32, device=cpu)
+                for j, t in enumerate(tiny_benchmark.tasks)]
+    assert r.valid == expected and r.valid_acc == pytest.approx(np.mean(expected))
+    assert not np.allclose(r.valid, r.R[-1])  # another split than the test columns
+    path = save_results(r, profile=get_profile("smoke"), benchmark="lm", seed=0)
+    assert result_from_dict(json.loads(path.read_text())).valid == r.valid
+    plain = run_stream(make_tiny_model(tiny_tokenizer), tiny_benchmark, Naive(), SPEC, seed=0, progress=False)
+    np.testing.assert_array_equal(plain.scores, r.scores)  # scoring valid changes nothing else
+    assert plain.valid is None
+    with pytest.raises(ValueError, match="valid=True"):
+        plain.valid_acc
+    joint = run_joint(make_tiny_model(tiny_tokenizer), tiny_benchmark, SPEC, seed=0, progress=False, valid=True)
+    assert len(joint.valid) == len(tiny_benchmark.tasks)
 
 
 def test_results_round_trip_and_schema(tiny_tokenizer, tiny_benchmark, tmp_path, monkeypatch):

@@ -8,7 +8,8 @@ writes both):
 - exactly: profile, benchmark, method, seed, tasks, extra columns, parameter counts, hyper-parameters, the profile
   config, every other key, and where a value is missing (``None``);
 - within ``ATOL`` (absolute, in the score's own unit: nats/token on the `lm` benchmark the golden run uses): every
-  number of ``R``, ``b``, ``extra_scores`` and ``metrics``; within ``LOSS_ATOL`` every training step's loss;
+  number of ``R``, ``b``, ``extra_scores``, ``metrics`` and ``valid`` (the valid scores of a sweep point); within
+  ``LOSS_ATOL`` every training step's loss;
 - not at all: ``train_seconds``, ``closing_seconds`` and ``versions``.
 
 The tolerances were set by measurement (README, "Regression checks"), on an AMD EPYC with AVX-512, running the
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 GOLDEN_RESULTS = Path(__file__).resolve().parent / "results"
-NUMERIC_KEYS = ("R", "b", "extra_scores", "metrics", "losses")
+NUMERIC_KEYS = ("R", "b", "extra_scores", "metrics", "valid", "losses")
 IGNORED_KEYS = ("train_seconds", "closing_seconds", "versions")
 # Largest |difference| measured, per key (see the module docstring).
 CPU_SPREAD = {"R": 3.2e-4, "b": 7.2e-7, "extra_scores": 2.7e-4, "metrics": 2.4e-4, "losses": 5.2e-3}

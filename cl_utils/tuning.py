@@ -1,0 +1,108 @@
+"""The sweeps behind ``cl_utils/tuned.py``: each value there was chosen here, on the ``valid`` splits.
+
+One sweep per tuned value: a method, the grid of the value, and a full stream per grid point (seed 0), scored on each
+task's ``valid`` split at the end; the point with the best mean valid score ("ACC on valid") wins. Test scores are
+never read. Every point is written to ``runs/<profile>/tuning/<benchmark>__<key>.json`` as it finishes, so an
+interrupted sweep resumes where it stopped.
+
+    python -m cl_utils.tuning                      # every sweep of the embedded profile (about 20 min on 2 cores)
+    python -m cl_utils.tuning --benchmark lm --key prompt_lr --profile smoke
+
+EWC's λ is not here: 02 sweeps it itself, on ``valid`` too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .cache import atomic_write_json
+from .experiment import Experiment, setup
+from .lora import SequentialLoRA
+from .methods import Method, Naive
+from .paths import runs_dir
+from .prompts import ProgressivePrompts
+
+__all__ = ["Sweep", "SWEEPS", "run_sweep", "main"]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One tuned value: ``method()`` is run at every point of ``grid``; ``arg`` says what the value is passed as
+    (``"lr"``: the method's fine-tuning lr; ``"head_lr"``: the task heads' lr)."""
+
+    key: str  # the key in cl_utils/tuned.py (or "finetune_lr": the profile's fine-tuning lr)
+    method: Callable[[], Method]
+    grid: tuple[float, ...]
+    arg: str = "lr"
+    note: str = ""
+
+
+SWEEPS: dict[str, list[Sweep]] = {
+    "lm": [
+        Sweep("prompt_lr", lambda: ProgressivePrompts(10), (1e-2, 3e-2, 1e-1, 3e-1)),
+        Sweep("lora_lr", lambda: SequentialLoRA(r=8, alpha=16), (1e-3, 3e-3, 1e-2, 3e-2),
+              note="on sequential LoRA; per-task LoRA and O-LoRA use the same lr"),
+    ],
+    "classification": [
+        Sweep("head_lr", Naive, (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), arg="head_lr",
+              note="on naive (the baseline), at its fine-tuning lr; every method then uses it"),
+        Sweep("finetune_lr", Naive, (5e-5, 1e-4, 1.5e-4, 3e-4, 6e-4),
+              note="naive's (and EWC's, joint's) encoder lr, at the chosen head lr"),
+        Sweep("prompt_lr", lambda: ProgressivePrompts(10), (1e-2, 3e-2, 1e-1)),
+        Sweep("lora_lr", lambda: SequentialLoRA(r=8, alpha=16), (1e-3, 3e-3, 1e-2),
+              note="on sequential LoRA; per-task LoRA and O-LoRA use the same lr"),
+    ],
+}
+
+
+def _path(exp: Experiment, key: str):
+    return runs_dir() / exp.profile.name / "tuning" / f"{exp.benchmark.name}__{key}.json"
+
+
+def run_sweep(exp: Experiment, sweep: Sweep) -> dict[str, Any]:
+    """Run (or resume) ``sweep`` on ``exp`` and return ``{"key", "grid", "valid_acc": {point: score}, "best",
+    "at_edge"}``; points already in the sweep's file are not run again."""
+    path = _path(exp, sweep.key)
+    done = json.loads(path.read_text()) if path.exists() else {}
+    scores: dict[str, float] = done.get("valid_acc", {})
+    for value in sweep.grid:
+        if repr(value) in scores:
+            continue
+        result = exp.run(sweep.method(), valid=True, **{sweep.arg: value})
+        scores[repr(value)] = result.valid_acc
+        atomic_write_json(path, {"key": sweep.key, "benchmark": exp.benchmark.name, "profile": exp.profile.name,
+                                 "seed": exp.seed, "split": "valid", "note": sweep.note, "valid_acc": scores})
+    points = {float(k): v for k, v in scores.items() if float(k) in sweep.grid}
+    best = max(points, key=points.get)
+    out = {"key": sweep.key, "grid": list(sweep.grid), "valid_acc": points, "best": best,
+           "at_edge": best in (min(sweep.grid), max(sweep.grid))}
+    atomic_write_json(path, {**json.loads(path.read_text()), "best": best, "at_edge": out["at_edge"]})
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="embedded")
+    parser.add_argument("--benchmark", choices=sorted(SWEEPS), action="append",
+                        help="benchmark(s) to tune (default: both)")
+    parser.add_argument("--key", action="append", help="tuned value(s) to sweep (default: all of the benchmark)")
+    args = parser.parse_args(argv)
+    for benchmark in args.benchmark or list(SWEEPS):
+        known = [s.key for s in SWEEPS[benchmark]]
+        unknown = set(args.key or []) - {k for ks in SWEEPS.values() for k in (s.key for s in ks)}
+        if unknown:
+            raise SystemExit(f"unknown --key {sorted(unknown)}; {benchmark} has {known}")
+        exp = setup(args.profile, seed=0, benchmark=benchmark)
+        for sweep in SWEEPS[benchmark]:
+            if args.key and sweep.key not in args.key:
+                continue
+            out = run_sweep(exp, sweep)
+            table = "  ".join(f"{k:g}: {v:.4f}" for k, v in out["valid_acc"].items())
+            edge = "  (at the edge of the grid)" if out["at_edge"] else ""
+            print(f"{benchmark} {sweep.key}: ACC on valid  {table}  -> {out['best']:g}{edge}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
