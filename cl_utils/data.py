@@ -19,12 +19,12 @@ from .config import CorpusSpec, Profile, fingerprint
 from .corpora import load_documents
 from .evaluation import lm_score
 from .paths import cache_dir
-from .splits import SPLITS
+from .splits import SPLIT_VERSION, SPLITS
 
 __all__ = ["LMBlocks", "pack_documents", "load_lm_corpus", "lm_benchmark", "MIN_HELD_OUT_DOCUMENTS"]
 
 MIN_HELD_OUT_DOCUMENTS = 64  # valid and test caps are spread over at least this many documents (all, if fewer)
-_DATA_VERSION = 2  # bump when packing or corpus cleaning changes, to invalidate cached tensors
+_DATA_VERSION = 3  # bump when packing or corpus cleaning changes, to invalidate cached tensors
 
 
 @dataclass
@@ -60,8 +60,9 @@ def pack_documents(docs: list[str], tokenizer: PreTrainedTokenizerBase, block_si
         keep_last: keep the final partial block, padded and masked (for evaluation).
         min_documents: with ``max_tokens``, spread the cap over at least this many documents (all of them, if
             fewer): each document is cut to ``max_tokens / min(len(docs), min_documents)`` tokens (its beginning, then
-            its end-of-text token), so a few long documents cannot fill the whole cap. For valid and test splits:
-            a score averaged over more documents is more precise (cl_utils.spread).
+            its end-of-text token, which is not scored: ``labels = -100`` there, since the text did not end), so a
+            few long documents cannot fill the whole cap. For valid and test splits: a score averaged over more
+            documents is more precise (cl_utils.spread).
     """
     if block_size < 2:
         raise ValueError(f"block_size must be >= 2, got {block_size}")
@@ -72,8 +73,11 @@ def pack_documents(docs: list[str], tokenizer: PreTrainedTokenizerBase, block_si
     if max_tokens is not None and min_documents is not None and docs:
         per_doc = max(1, -(-max_tokens // min(len(docs), min_documents)) - 1)  # the eos takes one more
     ids: list[int] = []
+    cut_ends: list[int] = []  # positions of end-of-text tokens that follow a cut document: never scored
     for enc in tokenizer(docs, add_special_tokens=False)["input_ids"]:
         ids.extend(enc if per_doc is None else enc[:per_doc])
+        if per_doc is not None and len(enc) > per_doc:
+            cut_ends.append(len(ids))
         ids.append(eos)
         if max_tokens is not None and len(ids) >= max_tokens:
             break
@@ -81,15 +85,18 @@ def pack_documents(docs: list[str], tokenizer: PreTrainedTokenizerBase, block_si
         ids = ids[:max_tokens]
     n_full, rest = divmod(len(ids), block_size)
     flat = torch.tensor(ids, dtype=torch.long)
+    flat_labels = flat.clone()
+    flat_labels[[i for i in cut_ends if i < len(ids)]] = -100  # the text did not end there: nothing to predict
     input_ids = flat[: n_full * block_size].view(n_full, block_size)
     mask = torch.ones_like(input_ids)
-    labels = input_ids.clone()
+    labels = flat_labels[: n_full * block_size].view(n_full, block_size).clone()
     if keep_last and rest:
         last = torch.full((1, block_size), eos, dtype=torch.long)
         last[0, :rest] = flat[n_full * block_size:]
         last_mask = torch.zeros_like(last)
         last_mask[0, :rest] = 1
-        last_labels = last.masked_fill(last_mask == 0, -100)
+        last_labels = torch.full((1, block_size), -100, dtype=torch.long)
+        last_labels[0, :rest] = flat_labels[n_full * block_size:]
         input_ids, mask, labels = (torch.cat([a, b]) for a, b in
                                    ((input_ids, last), (mask, last_mask), (labels, last_labels)))
     if len(input_ids) == 0:
@@ -101,7 +108,7 @@ def load_lm_corpus(spec: CorpusSpec, tokenizer: PreTrainedTokenizerBase, block_s
                    tokenizer_key: str) -> Task:
     """Load, split (train / valid / test, :mod:`cl_utils.splits`), tokenise and pack one corpus, cached under
     ``runs/cache/data-<name>-<hash>/``. ``task.info`` has the documents and real tokens of each split."""
-    key = fingerprint(spec, block_size, tokenizer_key, _DATA_VERSION)
+    key = fingerprint(spec, block_size, tokenizer_key, _DATA_VERSION, SPLIT_VERSION)
 
     def build(tmp) -> None:
         docs = load_documents(spec)

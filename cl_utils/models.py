@@ -31,6 +31,7 @@ from .evaluation import lm_score
 from .hub import require_hub
 from .paths import cache_dir
 from .repro import set_seed
+from .splits import SPLIT_VERSION
 from .tokenizer import train_bpe
 from .training import train_steps
 
@@ -85,7 +86,7 @@ def _gpt2_config(profile: Profile, tokenizer: PreTrainedTokenizerBase) -> GPT2Co
 
 
 def _tokenizer(profile: Profile) -> tuple[PreTrainedTokenizerFast, str]:
-    key = fingerprint(profile.pretrain_corpus, profile.model.vocab_size, _MODEL_VERSION)
+    key = fingerprint(profile.pretrain_corpus, profile.model.vocab_size, _MODEL_VERSION, SPLIT_VERSION)
 
     def build(tmp: Path) -> None:
         train_docs = load_documents(profile.pretrain_corpus).train  # valid and test never reach the tokenizer
@@ -117,7 +118,7 @@ def load_base(profile: Profile, *, progress: bool = True) -> BaseModel:
 
     tokenizer, tok_key = _tokenizer(profile)
     key = fingerprint(_config_fields(profile.model), profile.pretrain, profile.pretrain_corpus, profile.block_size,
-                      profile.pretrain_seed, tok_key, _MODEL_VERSION)
+                      profile.pretrain_seed, tok_key, _MODEL_VERSION, SPLIT_VERSION)
     device = default_device()
 
     def build(tmp: Path) -> None:

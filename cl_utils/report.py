@@ -117,6 +117,8 @@ def _verdict(d: np.ndarray) -> str:
         return "–"
     if len(d) == 1:
         return "one seed"
+    if np.abs(d).max() < 1e-9:  # equal on every seed (up to float rounding): e.g. two methods that cannot forget
+        return "same"
     se = d.std(ddof=1) / np.sqrt(len(d))
     same_sign = bool((d > 0).all() or (d < 0).all())
     if same_sign and abs(d.mean()) > 2 * se:
@@ -223,8 +225,8 @@ class Comparison:
 
         For every metric: the mean over seeds of ``method - baseline``, its standard deviation, and a verdict:
         ``"better"`` / ``"worse"`` when every seed's difference has the same sign *and* the mean difference is more
-        than twice its standard error (sd / sqrt(seeds)); ``"within noise"`` otherwise; ``"one seed"`` when only
-        one seed is shared (no spread to compare with). Methods without the metric (joint's BWT) get "–".
+        than twice its standard error (sd / sqrt(seeds)); ``"same"`` when every difference is 0 (up to 1e-9);
+        ``"within noise"`` otherwise; ``"one seed"`` when only one seed is shared (no spread to compare with). Methods without the metric (joint's BWT) get "–".
         """
         import pandas as pd
 

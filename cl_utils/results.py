@@ -3,7 +3,8 @@
 Name: ``<benchmark>__<method>.json`` for seed 0 and ``<benchmark>__<method>__seed<k>.json`` otherwise.
 Every file holds profile, benchmark, method, seed, tasks, R, b, the extra columns, metrics,
 trainable_params, train_seconds (closing_seconds apart), whether the method was told the task at test time
-(task_identity), the valid scores of a run a choice was made from (``valid``, else null) and package versions.
+(task_identity), the valid scores of a run a choice was made from (``valid``, else null), the version of the
+splits it was scored on (``splits_version``: files from older splits are left out when read) and package versions.
 Every score in R, b and the extra columns is on the ``test`` splits. Writes are atomic.
 """
 from __future__ import annotations
@@ -14,16 +15,19 @@ import re
 from pathlib import Path
 from typing import Any
 
+import warnings
+
 import numpy as np
 
 from .cache import atomic_write_json
 from .config import Profile, profile_dict
-from .paths import results_dir
+from .paths import results_dir, shown_path
 from .repro import package_versions
 from .scores import view
+from .splits import SPLIT_VERSION
 from .stream import StreamResult
 
-__all__ = ["results_path", "sweep_tag", "save_results", "load_results", "load_result", "result_from_dict", "metrics_table",
+__all__ = ["results_path", "sweep_tag", "save_results", "load_results", "load_result", "same_profile", "result_from_dict", "metrics_table",
            "forgetting_table", "plasticity_table", "summary_text"]
 
 _NAME = re.compile(r"^[a-z0-9_]+$")
@@ -70,7 +74,7 @@ def save_results(result: StreamResult, *, profile: Profile, benchmark: str, seed
         "closing_seconds": result.closing_seconds, "task_identity": result.task_identity,
         "task_heads": result.task_heads, "valid": result.valid,
         "hparams": result.hparams, "losses": result.losses, "versions": package_versions(),
-        "profile_config": profile_dict(profile), **(extra or {}),
+        "profile_config": profile_dict(profile), "splits_version": SPLIT_VERSION, **(extra or {}),
     }
     return atomic_write_json(results_path(profile.name, benchmark, result.method, seed, sweep=sweep), data)
 
@@ -96,19 +100,33 @@ def load_results(profile: str, benchmark: str | None = None, method: str | None 
 
     ``sweeps=True`` reads the sweep points under ``results/sweeps/`` instead of the main results.
     """
-    out = []
+    out, stale = [], []
     folder = results_dir(profile) / "sweeps" if sweeps else results_dir(profile)
     for path in sorted(folder.glob("*.json")):
         data = json.loads(path.read_text())
         if (benchmark is None or data["benchmark"] == benchmark) and (method is None or data["method"] == method):
-            out.append(data)
+            (out if data.get("splits_version") == SPLIT_VERSION else stale).append(data)
+    if stale:
+        warnings.warn(f"{len(stale)} results file(s) in {shown_path(folder)} were scored on older splits "
+                      f"(splits_version {sorted({d.get('splits_version') for d in stale}, key=str)}, now "
+                      f"{SPLIT_VERSION}) and are left out; run their notebooks again", stacklevel=2)
     return out
 
 
+def same_profile(data: dict[str, Any], profile: Profile) -> bool:
+    """Whether a results file's data was run with exactly ``profile`` (its name and every field, overrides
+    included), compared as JSON (tuples read back as lists)."""
+    return data.get("profile_config") == json.loads(json.dumps(profile_dict(profile)))
+
+
 def load_result(profile: str, benchmark: str, method: str, seed: int) -> StreamResult | None:
-    """The saved result of one method and seed, or None if that notebook has not run yet."""
+    """The saved result of one method and seed, or None if that notebook has not run yet (or its file was scored
+    on older splits, see :func:`load_results`)."""
     path = results_path(profile, benchmark, method, seed)
-    return result_from_dict(json.loads(path.read_text())) if path.exists() else None
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return result_from_dict(data) if data.get("splits_version") == SPLIT_VERSION else None
 
 
 def metrics_table(results: list[StreamResult]):

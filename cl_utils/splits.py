@@ -9,10 +9,13 @@ How a split is decided, for every offline source and the hash-split hub ones:
        straddle two splits. Near-duplicates go together: documents that share a normalised sentence of 8 or more
        words form one group, split as one (:func:`group_keys`); exact normalised duplicates are kept once;
     3. a paragraph of a ``valid`` or ``test`` document whose normalised text occurs in a ``train`` document (a
-       shared boilerplate paragraph), or of a ``test`` document that occurs in ``valid``, is removed from it.
+       shared boilerplate paragraph), or of a ``test`` document that occurs in ``valid``, is removed from it; a
+       held-out document that still shares a long sentence with an earlier split (possible where a dataset brings
+       its own test split) is dropped.
 
-Which split a key falls into depends only on its hash, never on a seed: the same text is in the same split in every
-run, every profile and every task that uses it (the tweets of the topic and the sentiment task).
+Which split a key falls into depends only on its hash and the split fractions, never on a seed: the same text is in
+the same split in every run, and in both classification tasks that use it (the tweets of the topic and the sentiment
+task).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-__all__ = ["SPLITS", "Splits", "normalise", "key_hash", "split_of", "check_fractions", "group_keys", "clean_splits",
+__all__ = ["SPLITS", "SPLIT_VERSION", "Splits", "normalise", "key_hash", "split_of", "check_fractions", "group_keys", "clean_splits",
            "split_documents", "cross_split_overlap"]
 
 SPLITS = ("train", "valid", "test")
@@ -32,6 +35,7 @@ _RT = re.compile(r"\brt\b")
 _NOT_WORD = re.compile(r"[\W_]+")
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n")
 MIN_SHARED_WORDS = 8  # a shared sentence this long makes two documents near-duplicates (one group, one split)
+SPLIT_VERSION = 2  # bump when how documents are split changes: part of every cache key and results file
 
 
 class Splits(NamedTuple):
@@ -90,6 +94,7 @@ def clean_splits(train: Iterable[str], valid: Iterable[str], test: Iterable[str]
         seen_docs |= set(first)
         ordered[split] = [first[k] for k in sorted(first, key=key_hash)]
     seen = {normalise(p) for doc in ordered["train"] for p in _paragraphs(doc)}
+    said = set().union(*(_sentences(doc) for doc in ordered["train"]))
     for split in ("valid", "test"):  # step 3: drop paragraphs an earlier split already has
         kept = []
         for doc in ordered[split]:
@@ -97,8 +102,9 @@ def clean_splits(train: Iterable[str], valid: Iterable[str], test: Iterable[str]
             new = [p for p in paras if normalise(p) not in seen]
             if new:
                 kept.append(doc if len(new) == len(paras) else "\n\n".join(new))
-        ordered[split] = kept
-        seen |= {normalise(p) for doc in kept for p in _paragraphs(doc)}
+        ordered[split] = [doc for doc in kept if not _sentences(doc) & said]  # a near-duplicate left: dropped
+        seen |= {normalise(p) for doc in ordered[split] for p in _paragraphs(doc)}
+        said |= set().union(*(_sentences(doc) for doc in ordered[split]))
     splits = Splits(**ordered)
     empty = [s for s in SPLITS if not getattr(splits, s)]
     if empty:

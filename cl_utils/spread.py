@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .data import LMBlocks
 
-__all__ = ["token_nll", "bootstrap_nll_se", "lm_spread", "accuracy_se"]
+__all__ = ["token_nll", "bootstrap_nll_se", "lm_spread", "accuracy_se", "precision_table"]
 
 
 @torch.no_grad()
@@ -36,9 +36,9 @@ def token_nll(model: torch.nn.Module, blocks: LMBlocks, eos_id: int, *, batch_si
             ids = blocks.input_ids[start:start + batch_size]
             mask = blocks.attention_mask[start:start + batch_size]
             labels = blocks.labels[start:start + batch_size]
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
-            nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100,
-                                  reduction="none").view(ids.shape[0], -1)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(device),
+                                  ignore_index=-100, reduction="none").view(ids.shape[0], -1).cpu()
             for b in range(ids.shape[0]):
                 real = mask[b].bool()
                 eos_before = seen_eos + torch.cumsum((ids[b] == eos_id) & real, 0)  # eos at or before each position
@@ -84,7 +84,7 @@ def accuracy_se(accuracy: float, n: int) -> float:
     return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / n)
 
 
-def test_precision(exp) -> "pd.DataFrame":
+def precision_table(exp) -> "pd.DataFrame":
     """One row per test column of ``exp`` (an :class:`cl_utils.experiment.Experiment`), for its base model: ``lm``:
     documents, tokens, NLL with its bootstrap standard error and the perplexity's 95 % interval; ``classification``:
     texts and the binomial standard error of an accuracy of 50 % and of 90 % on that many texts."""

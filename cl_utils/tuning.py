@@ -8,6 +8,10 @@ interrupted sweep resumes where it stopped.
     python -m cl_utils.tuning                      # every sweep of the embedded profile (about 20 min on 2 cores)
     python -m cl_utils.tuning --benchmark lm --key prompt_lr --profile smoke
 
+Each sweep runs at the values ``tuned.py`` holds when it starts (one value at a time, coordinate-wise): after the
+``head_lr`` sweep, record its winner in ``tuned.py`` before the ``finetune_lr`` sweep, which runs at it. A sweep's
+file keeps its points: delete it to sweep again after the data or code changed.
+
 EWC's λ is not here: 02 sweeps it itself, on ``valid`` too.
 """
 from __future__ import annotations
@@ -50,8 +54,8 @@ SWEEPS: dict[str, list[Sweep]] = {
               note="on naive (the baseline), at its fine-tuning lr; every method then uses it"),
         Sweep("finetune_lr", Naive, (5e-5, 1e-4, 1.5e-4, 3e-4, 6e-4),
               note="naive's (and EWC's, joint's) encoder lr, at the chosen head lr"),
-        Sweep("prompt_lr", lambda: ProgressivePrompts(10), (1e-2, 3e-2, 1e-1)),
-        Sweep("lora_lr", lambda: SequentialLoRA(r=8, alpha=16), (1e-3, 3e-3, 1e-2),
+        Sweep("prompt_lr", lambda: ProgressivePrompts(10), (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)),
+        Sweep("lora_lr", lambda: SequentialLoRA(r=8, alpha=16), (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
               note="on sequential LoRA; per-task LoRA and O-LoRA use the same lr"),
     ],
 }

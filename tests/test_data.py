@@ -52,6 +52,8 @@ def test_held_out_caps_are_spread_over_many_documents(tiny_tokenizer):
     ends = lambda b: int((b.input_ids[b.attention_mask.bool()] == eos).sum())  # noqa: E731
     assert ends(prefix) <= 1 and ends(spread) == len(docs)  # every document reaches the capped split
     assert prefix.n_tokens == 100 and spread.n_tokens <= 100
+    scored_ends = int(((spread.labels == eos) & spread.attention_mask.bool()).sum())
+    assert scored_ends == 3  # the short documents' ends are predicted; a cut document's end-of-text is not
 
 
 def test_split_is_deterministic_disjoint_deduplicated_and_order_free():

@@ -7,7 +7,8 @@ import pytest
 from cl_utils.config import TrainSpec, get_profile
 from cl_utils.methods import Naive
 from cl_utils.models import load_base
-from cl_utils.results import load_results, result_from_dict, results_path, save_results, sweep_tag
+from cl_utils.results import (load_result, load_results, result_from_dict, results_path, same_profile, save_results,
+                              sweep_tag)
 from cl_utils.stream import run_joint, run_stream, score_split
 
 from .conftest import make_tiny_model
@@ -75,6 +76,12 @@ def test_results_round_trip_and_schema(tiny_tokenizer, tiny_benchmark, tmp_path,
     assert data["seed"] == 3 and data["versions"]["torch"].startswith("2.13.0")
     np.testing.assert_allclose(result_from_dict(data).scores, r.scores)
     assert [d["seed"] for d in load_results("smoke", "lm", "naive")] == [3]
+    assert same_profile(data, profile) and not same_profile(data, get_profile("smoke", {"finetune.steps": 3}))
+    data["splits_version"] = 1  # a file scored on older splits is left out, with a warning
+    path.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="older splits"):
+        assert load_results("smoke", "lm", "naive") == []
+    assert load_result("smoke", "lm", "naive", 3) is None
     assert not list(path.parent.glob("*.tmp"))
     with pytest.raises(ValueError, match="lower-case"):
         results_path("smoke", "lm", "Naive EWC", 0)
