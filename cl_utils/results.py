@@ -27,8 +27,8 @@ from .scores import view
 from .splits import SPLIT_VERSION
 from .stream import StreamResult
 
-__all__ = ["results_path", "sweep_tag", "save_results", "load_results", "load_result", "same_profile", "result_from_dict", "metrics_table",
-           "forgetting_table", "plasticity_table", "summary_text"]
+__all__ = ["results_path", "sweep_tag", "save_results", "load_results", "load_result", "same_profile", "result_from_dict",
+           "metrics_table", "forgetting_table", "plasticity_table", "summary_text"]
 
 _NAME = re.compile(r"^[a-z0-9_]+$")
 

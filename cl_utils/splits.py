@@ -24,7 +24,8 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-__all__ = ["SPLITS", "SPLIT_VERSION", "Splits", "normalise", "key_hash", "split_of", "check_fractions", "group_keys", "clean_splits",
+__all__ = ["SPLITS", "SPLIT_VERSION", "Splits", "normalise", "key_hash", "split_of", "check_fractions", "assign", "group_keys",
+           "clean_splits",
            "split_documents", "cross_split_overlap"]
 
 SPLITS = ("train", "valid", "test")
@@ -73,6 +74,15 @@ def split_of(key: str, valid_fraction: float, test_fraction: float) -> str:
     """``"test"`` for the first ``test_fraction`` of the hash range, then ``"valid"``, then ``"train"``."""
     h = key_hash(key) / 2**64
     return "test" if h < test_fraction else "valid" if h < test_fraction + valid_fraction else "train"
+
+
+def assign(items: Sequence, keys: Sequence[str], valid_fraction: float, test_fraction: float) -> dict[str, list]:
+    """``{split: items}``: each item goes where :func:`split_of` puts its key (items and keys in step; a fraction of
+    0 leaves that split empty, for a dataset that brings the split itself)."""
+    parts: dict[str, list] = {s: [] for s in SPLITS}
+    for item, key in zip(items, keys, strict=True):
+        parts[split_of(key, valid_fraction, test_fraction)].append(item)
+    return parts
 
 
 def _paragraphs(doc: str) -> list[str]:
@@ -153,7 +163,8 @@ def group_keys(docs: Sequence[str]) -> list[str]:
 
 def split_documents(docs: Iterable[str], valid_fraction: float, test_fraction: float, *,
                     what: str = "corpus") -> Splits:
-    """Split ``docs`` by a hash of their normalised text and clean the result (steps 1-3 of the module docstring).
+    """Split ``docs`` by a hash of their group (:func:`group_keys`) and clean the result (steps 1-3 of the module
+    docstring).
 
     >>> s = split_documents([f"doc {i}" for i in range(1000)], 0.1, 0.2)
     >>> 150 < len(s.test) < 250 and 50 < len(s.valid) < 150
@@ -161,8 +172,8 @@ def split_documents(docs: Iterable[str], valid_fraction: float, test_fraction: f
     """
     check_fractions(valid_fraction, test_fraction, what)
     docs = list(docs)
-    where = [split_of(key, valid_fraction, test_fraction) for key in group_keys(docs)]
-    return clean_splits(*([d for d, w in zip(docs, where) if w == s] for s in SPLITS), what=what)
+    parts = assign(docs, group_keys(docs), valid_fraction, test_fraction)
+    return clean_splits(*(parts[s] for s in SPLITS), what=what)
 
 
 def cross_split_overlap(splits: Splits) -> dict[tuple[str, str], int]:
