@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cl_utils.ewc import EWC
+from cl_utils.methods.ewc import EWC
 from cl_utils.fisher import diagonal_fisher
 
 from .common import Row, Setup, adamw_step, compare

@@ -8,7 +8,7 @@ import warnings
 
 from peft import get_peft_model
 
-from cl_utils.lora import lora_config, trainable_parameter_report
+from cl_utils.methods.lora import lora_config, trainable_parameter_report
 
 from .common import Row, Setup, adamw_step, compare
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 
 from cl_utils.benchmark import Benchmark, Task
-from cl_utils.prompts import ProgressivePrompts
+from cl_utils.methods.prompts import ProgressivePrompts
 
 from .common import Row, Setup, adamw_step, compare
 

@@ -48,6 +48,14 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torc
     return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp_min(1.0)
 
 
+@dataclass
+class MultiHeadOutput(SequenceClassifierOutput):
+    """``loss`` and ``logits`` as usual, and ``pooled`` ``(B, d)``: the features every head reads (after dropout), so
+    a method can score a row with another task's head (LwF distils the earlier tasks' heads)."""
+
+    pooled: torch.FloatTensor | None = None
+
+
 class MultiHeadClassifier(BertPreTrainedModel):
     """BERT encoder + mean pooling + ``heads[k]``: ``Linear(hidden, config.task_num_labels[k])`` per task.
 
@@ -96,14 +104,15 @@ class MultiHeadClassifier(BertPreTrainedModel):
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, task_ids: torch.Tensor | None = None,
-                **kwargs: Any) -> SequenceClassifierOutput:
+                **kwargs: Any) -> MultiHeadOutput:
         """``input_ids``/``attention_mask`` ``(B, L)`` (or ``inputs_embeds`` ``(B, L, d)``), ``task_ids`` and
         ``labels`` ``(B,)``. ``loss`` is the mean cross-entropy over rows whose label is not -100."""
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                            inputs_embeds=inputs_embeds, **kwargs).last_hidden_state
-        logits = self._route(self.dropout(mean_pool(hidden, attention_mask)), task_ids)
+        pooled = self.dropout(mean_pool(hidden, attention_mask))
+        logits = self._route(pooled, task_ids)
         loss = None if labels is None else F.cross_entropy(logits.float(), labels, ignore_index=-100)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return MultiHeadOutput(loss=loss, logits=logits, pooled=pooled)
 
 
 def minilm_path() -> str:

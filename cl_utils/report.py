@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .results import load_results, result_from_dict
+from .results import load_results, result_from_dict, result_row
 from .scores import view
 from .stream import StreamResult
 
@@ -25,11 +25,16 @@ PRODUCERS: dict[str, str] = {
     "linear_probe": "01_baseline_forgetting",
     "ewc": "02_ewc",
     "online_ewc": "02_ewc",
+    "si": "02_ewc",
+    "mas": "02_ewc",
     "progressive_prompts": "03_progressive_prompts",
     "lora_sequential": "04_lora",
     "lora_per_task": "04_lora",
     "olora": "04_lora",
     "olora_no_penalty": "04_lora",
+    "er": "06_replay_and_distillation",
+    "agem": "06_replay_and_distillation",
+    "lwf": "06_replay_and_distillation",
 }
 # Methods that exist for some benchmarks only (the others never expect their results file).
 ONLY_FOR: dict[str, tuple[str, ...]] = {"linear_probe": ("classification",)}
@@ -66,16 +71,6 @@ def collect(profile: str, benchmark: str) -> tuple[dict[str, list[StreamResult]]
     return groups, missing
 
 
-def _row(r: StreamResult) -> dict[str, Any]:
-    v = view(r.benchmark)
-    row: dict[str, Any] = dict(r.metrics())
-    for name, s in zip([*r.tasks, *r.extra], r.scores[-1]):
-        row[f"final {v.name} {name}"] = float(v.show(s))
-    row["trainable params"] = float(r.trainable_params)
-    row["train s"] = float(r.train_seconds)
-    return row
-
-
 def comparison(groups: dict[str, list[StreamResult]]):
     """Two tables indexed by method: the mean over seeds and the standard deviation (ddof=1; NaN for one seed).
 
@@ -87,7 +82,7 @@ def comparison(groups: dict[str, list[StreamResult]]):
 
     means, stds = [], []
     for method, runs in groups.items():
-        table = pd.DataFrame([_row(r) for r in runs], dtype=float)
+        table = pd.DataFrame([result_row(r) for r in runs], dtype=float)
         info = {"method": method, "role": REFERENCES.get(method, "method"),
                 "task id": "given" if runs[0].task_identity else "not given", "seeds": len(runs)}
         means.append({**info, **table.mean().to_dict()})
@@ -106,7 +101,8 @@ def format_table(mean, std, *, digits: int = 3):
         if col in ("role", "task id", "seeds"):
             out[col] = mean[col]
             continue
-        d = 0 if col in ("trainable params",) else (1 if col == "train s" or col.startswith("final") else digits)
+        d = 0 if col in ("trainable params",) else (1 if col in ("train s", "state MB") or col.startswith("final")
+                                                    else digits)
         out[col] = [_fmt(m, s, d) for m, s in zip(mean[col], std[col])]
     return out
 
@@ -178,7 +174,7 @@ class Comparison:
         table.index = [f"{m} ({REFERENCES[m].split(' (')[0]})" if m in REFERENCES else m for m in table.index]
         table.index.name = "method"
         finals = [c for c in table.columns if c.startswith("final ")]
-        after = table[[*finals, "trainable params", "train s"]]
+        after = table[[*finals, "trainable params", "train s", "state MB"]]
         after.columns = [c.removeprefix(f"final {v.name} ") for c in after.columns]
         better = "lower" if v.lower_is_better else "higher"
         heads = any(r.task_heads for runs in self.groups.values() for r in runs)
@@ -187,8 +183,9 @@ class Comparison:
                 " Methods told the task at test time (task id given) are listed after those that are not.")
         return {f"Metrics in {v.metric_unit}; higher is better, except forgetting.{note}":
                 table[["task id", "seeds", "ACC", "BWT", "FWT", "forgetting"]],
-                f"After the whole stream: {v.name} on each column ({better} is better), trainable parameters, and "
-                "training seconds.": after}
+                f"After the whole stream: {v.name} on each column ({better} is better), trainable parameters, "
+                "training seconds, and what the method keeps besides the model (state MB: a replay memory, a teacher, "
+                "importances and anchors).": after}
 
     def runs_of_seed(self, seed: int) -> list[StreamResult]:
         """One result per method: the one of ``seed``, else the method's lowest seed."""
@@ -302,6 +299,6 @@ def coverage_text(comparisons: dict[str, Comparison]) -> str:
         profile = comparisons[empty[0]].profile
         which = ", then ".join(f"BENCHMARK={b!r}" for b in empty)
         make = empty[0] if len(empty) == 1 else '"' + " ".join(empty) + '"'
-        lines.append(f"No results yet for {', '.join(empty)}: run notebooks 01–04 with PROFILE={profile!r} and "
+        lines.append(f"No results yet for {', '.join(empty)}: run notebooks 01–04 and 06 with PROFILE={profile!r} and "
                      f"{which}, or `make reproduce PROFILE={profile} BENCHMARKS={make}`.")
     return "\n".join(lines)

@@ -28,7 +28,7 @@ from .splits import SPLIT_VERSION
 from .stream import StreamResult
 
 __all__ = ["results_path", "sweep_tag", "save_results", "load_results", "load_result", "same_profile", "result_from_dict",
-           "metrics_table", "forgetting_table", "plasticity_table", "summary_text"]
+           "metrics_table", "result_row", "forgetting_table", "plasticity_table", "summary_text"]
 
 _NAME = re.compile(r"^[a-z0-9_]+$")
 
@@ -71,7 +71,8 @@ def save_results(result: StreamResult, *, profile: Profile, benchmark: str, seed
                          for k, name in enumerate(result.extra)},
         "metrics": result.metrics(), "trainable_params": result.trainable_params,
         "total_params": result.total_params, "train_seconds": result.train_seconds,
-        "closing_seconds": result.closing_seconds, "task_identity": result.task_identity,
+        "closing_seconds": result.closing_seconds, "state_bytes": result.state_bytes,
+        "task_identity": result.task_identity,
         "task_heads": result.task_heads, "valid": result.valid,
         "hparams": result.hparams, "losses": result.losses, "versions": package_versions(),
         "profile_config": profile_dict(profile), "splits_version": SPLIT_VERSION, **(extra or {}),
@@ -91,7 +92,7 @@ def result_from_dict(data: dict[str, Any]) -> StreamResult:
                         data["trainable_params"], data["total_params"], data.get("losses", []),
                         data.get("hparams", {}), data["benchmark"], task_identity=data.get("task_identity", False),
                         task_heads=data.get("task_heads", False), closing_seconds=data.get("closing_seconds", 0.0),
-                        valid=data.get("valid"))
+                        valid=data.get("valid"), state_bytes=data.get("state_bytes", 0))
 
 
 def load_results(profile: str, benchmark: str | None = None, method: str | None = None, *,
@@ -129,8 +130,21 @@ def load_result(profile: str, benchmark: str, method: str, seed: int) -> StreamR
     return result_from_dict(data) if data.get("splits_version") == SPLIT_VERSION else None
 
 
+def result_row(r: StreamResult) -> dict[str, Any]:
+    """One run as a table row: ACC, BWT, FWT, forgetting, the final readable score per column, trainable
+    parameters, train seconds and the bytes the method keeps (``state``: a buffer, a teacher, importances)."""
+    v = view(r.benchmark)
+    row: dict[str, Any] = dict(r.metrics())
+    for name, s in zip([*r.tasks, *r.extra], r.scores[-1]):
+        row[f"final {v.name} {name}"] = float(v.show(s))
+    row["trainable params"] = float(r.trainable_params)
+    row["train s"] = float(r.train_seconds)
+    row["state MB"] = r.state_bytes / 2**20
+    return row
+
+
 def metrics_table(results: list[StreamResult]):
-    """One row per method: ACC, BWT, FWT, forgetting, the final readable score per column, parameters, time.
+    """One row per method (:func:`result_row`).
 
     The metrics are differences of raw scores (nats/token for "lm", accuracy for "classification");
     the per-column values are what :mod:`cl_utils.scores` shows: perplexity or accuracy % after the
@@ -138,16 +152,7 @@ def metrics_table(results: list[StreamResult]):
     """
     import pandas as pd
 
-    rows = []
-    for r in results:
-        v = view(r.benchmark)
-        row: dict[str, Any] = {"method": r.method, **r.metrics()}
-        for name, s in zip([*r.tasks, *r.extra], r.scores[-1]):
-            row[f"{v.name} {name}"] = float(v.show(s))
-        row["trainable params"] = r.trainable_params
-        row["train s"] = round(r.train_seconds, 1)
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("method")
+    return pd.DataFrame([{"method": r.method, **result_row(r)} for r in results]).set_index("method")
 
 
 def forgetting_table(r: StreamResult):

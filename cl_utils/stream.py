@@ -48,6 +48,7 @@ class StreamResult:
     closing_seconds: float = 0.0  # the last task's end-of-task work (e.g. its Fisher): no task of the stream uses
     # it, only a continuation of the stream would (the saved ewc_state.pt), so it is not in train_seconds
     valid: list[float] | None = None  # each stream task's valid score after the whole stream (run with valid=True)
+    state_bytes: int = 0  # what the method keeps besides the model after the stream (buffer, teacher, importances)
 
     @property
     def R(self) -> np.ndarray:
@@ -138,16 +139,13 @@ def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spe
         params = method.parameters(model, task_id)
         trained.update({id(p): p for p in params})
 
-        def loss_fn(batch, task_id=task_id):
-            loss = method.forward(model, batch, task_id).loss
-            extra = method.penalty(model, task_id)
-            return loss if extra is None else loss + extra
-
         model.train()
-        log = train_steps(loss_fn, param_groups(model, params, benchmark, head_lr),
+        log = train_steps(lambda batch, t=task_id: method.loss(model, batch, t),
+                          param_groups(model, params, benchmark, head_lr),
                           benchmark.loader(task.train, spec.batch_size, shuffle=True, seed=seed * 1000 + task_id),
                           spec, device=device, desc=f"{method.label} · task {task_id + 1}/{T} ({task.name})",
-                          progress=progress)
+                          progress=progress, after_backward=lambda t=task_id: method.after_backward(model, t),
+                          after_step=lambda t=task_id: method.after_step(model, t))
         start = time.perf_counter()
         method.end_task(model, task_id, task, benchmark)  # e.g. EWC's Fisher pass: part of the method's cost
         losses.append(log.losses)
@@ -160,7 +158,7 @@ def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spe
                         np.array(rows), seconds, sum(p.numel() for p in trained.values()), count_parameters(model),
                         losses, method.describe(), benchmark.name, model,
                         task_identity=method.needs_task_id or benchmark.task_heads, task_heads=benchmark.task_heads,
-                        closing_seconds=closing, valid=valid_scores)
+                        closing_seconds=closing, valid=valid_scores, state_bytes=method.state_bytes())
 
 
 def run_joint(model: torch.nn.Module, benchmark: Benchmark, spec: TrainSpec, *, seed: int,

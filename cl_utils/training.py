@@ -58,7 +58,9 @@ def _lr_lambda(spec: TrainSpec) -> Callable[[int], float]:
 
 def train_steps(loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
                 params: Iterable[torch.nn.Parameter] | list[dict], loader: DataLoader, spec: TrainSpec, *,
-                device: torch.device, desc: str = "train", progress: bool = True) -> TrainLog:
+                device: torch.device, desc: str = "train", progress: bool = True,
+                after_backward: Callable[[], None] | None = None,
+                after_step: Callable[[], None] | None = None) -> TrainLog:
     """Run ``spec.steps`` optimiser steps of ``loss_fn`` over ``loader`` (cycled as often as needed).
 
     ``params``: parameters (all at ``spec.lr``), or AdamW parameter groups ``[{"params": [...], "lr": ...}]`` (a
@@ -86,9 +88,13 @@ def train_steps(loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
                                      f"lower the learning rate (now {spec.lr})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if after_backward is not None:
+            after_backward()
         if spec.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
         opt.step()
+        if after_step is not None:
+            after_step()
         sched.step()
         log.losses.append(loss.item())
         bar.set_postfix(loss=f"{log.losses[-1]:.3f}", refresh=False)

@@ -4,11 +4,11 @@ notebooks use when a parameter is left at ``None``.
 Kept here, in one table (like mammoth's per-dataset settings), rather than in code paths. Every value below was
 chosen on the ``valid`` splits, never on ``test`` (which every table, figure and takeaway reports):
 
-- learning rates: by ``make tune`` (:mod:`cl_utils.tuning`: a full stream per grid point, ``embedded`` profile,
+- learning rates, SI's and MAS's λ and LwF's α: by ``make tune`` (:mod:`cl_utils.tuning`: a full stream per grid point, ``embedded`` profile,
   seed 0, "ACC on valid" = the mean valid score over the tasks after the stream; the points are in
   ``runs/embedded/tuning/``). The numbers next to each value are those ACCs on valid, measured on this machine;
   where neighbours are within about 0.01 of the winner the choice is flat and any of them would do;
-- EWC's λ: the grid is here, the choice is made by 02 itself on valid, every run;
+- EWC's λ and ER's memory size: the grid is here, the choice is made by 02 (06) itself on valid, every run;
 - Fisher sample sizes: a cost choice, not tuned.
 
 The classification encoder's own lr (naive, EWC, joint) is a profile budget: ``ClassificationSpec.finetune.lr`` in
@@ -32,6 +32,16 @@ TUNED: dict[str, dict[str, Any]] = {
         # 04, on sequential LoRA (r = 8; per-task LoRA and O-LoRA use the same lr): -6.161 / -6.150 / -6.163 / -6.577
         # at 1e-3 / 3e-3 / 1e-2 / 3e-2
         "lora_lr": 3e-3,
+        # 06: ER's memory sizes, as shares of one task's training set (mean over the tasks: 1,852 blocks here, so 19 /
+        # 93 / 370 blocks); 06 chooses among them on valid, every run, and A-GEM runs at the chosen one
+        "er_memories": [0.01, 0.05, 0.2],
+        # 06, LwF (T = 2): -NLL on valid -5.4956 / -5.3622 / -5.3509 / -5.5928 at α = 0.3 / 1 / 3 / 10
+        "lwf_alpha": 3.0,
+        # 02, SI (ξ = 0.1): -NLL on valid -5.4913 / -5.4103 / -5.3904 / -5.4632 / -5.5824 at λ = 1e2 / 3e2 / 1e3 / 3e3 / 1e4
+        "si_lambda": 1e3,
+        # 02, MAS (256 rows per importance): -NLL on valid -5.4746 / -5.3618 / -5.3208 / -5.3772 at λ = 3e-4 / 1e-3 /
+        # 3e-3 / 1e-2
+        "mas_lambda": 3e-3,
     },
     "classification": {
         "ewc_lambdas": [1e4, 1e5, 1e6, 1e7],  # 02: grid; 1e7 stopped the second task being learned when probed
@@ -43,6 +53,15 @@ TUNED: dict[str, dict[str, Any]] = {
         "prompt_lr": 3e-3,
         # 04, on sequential LoRA: 0.710 / 0.720 / 0.746 / 0.650 / 0.329 at 1e-4 / 3e-4 / 1e-3 / 3e-3 / 1e-2
         "lora_lr": 1e-3,
+        # 06: as for lm (448 texts per task on average: 4 / 22 / 90 texts)
+        "er_memories": [0.01, 0.05, 0.2],
+        # 06, LwF (T = 2): ACC on valid 0.785 / 0.789 / 0.762 / 0.766 at α = 0.3 / 1 / 3 / 10
+        "lwf_alpha": 1.0,
+        # 02, SI (ξ = 0.1): ACC on valid 0.792 / 0.791 / 0.795 / 0.770 at λ = 1e4 / 1e5 / 1e6 / 1e7 (flat up to 1e6)
+        "si_lambda": 1e6,
+        # 02, MAS (256 rows per importance): ACC on valid 0.792 / 0.793 / 0.779 / 0.758 at λ = 1 / 10 / 100 / 1000 (1 and
+        # 10 are level)
+        "mas_lambda": 10.0,
     },
 }
 

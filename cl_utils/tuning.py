@@ -5,14 +5,15 @@ task's ``valid`` split at the end; the point with the best mean valid score ("AC
 never read. Every point is written to ``runs/<profile>/tuning/<benchmark>__<key>.json`` as it finishes, so an
 interrupted sweep resumes where it stopped.
 
-    python -m cl_utils.tuning                      # every sweep of the embedded profile (28 streams)
+    python -m cl_utils.tuning                      # every sweep of the embedded profile (53 streams)
     python -m cl_utils.tuning --benchmark lm --key prompt_lr --profile smoke
 
 Each sweep runs at the values ``tuned.py`` holds when it starts (one value at a time, coordinate-wise): after the
 ``head_lr`` sweep, record its winner in ``tuned.py`` before the ``finetune_lr`` sweep, which runs at it. A sweep's
 file keeps its points: delete it to sweep again after the data or code changed.
 
-EWC's λ is not here: 02 sweeps it itself, on ``valid`` too.
+EWC's λ is not here: 02 sweeps it itself, on ``valid`` too, and so does 06 for ER's memory. SI's and MAS's λ and
+LwF's α are here, so that 02 and 06 run one point each and keep within their time budget.
 
     python -m cl_utils.tuning --lr-ablation        # naive classification at four (encoder lr, head lr) pairs, 3 seeds
 
@@ -29,31 +30,46 @@ from typing import Any, Callable
 
 from .cache import atomic_write_json
 from .experiment import Experiment, setup
-from .lora import SequentialLoRA
-from .methods import Method, Naive
+from .methods import MAS, SI, LwF, Method, Naive, ProgressivePrompts, SequentialLoRA
 from .paths import runs_dir
-from .prompts import ProgressivePrompts
+from .tuned import tuned
 
 __all__ = ["Sweep", "SWEEPS", "run_sweep", "LR_PAIRS", "lr_ablation", "main"]
 
 
 @dataclass(frozen=True)
 class Sweep:
-    """One tuned value: ``method()`` is run at every point of ``grid``; ``arg`` says what the value is passed as
-    (``"lr"``: the method's fine-tuning lr; ``"head_lr"``: the task heads' lr)."""
+    """One tuned value: the method is run at every point of ``grid``; ``arg`` says what the value is passed as
+    (``"lr"``: the method's fine-tuning lr, ``method()``; ``"head_lr"``: the task heads' lr, ``method()``;
+    ``"method"``: the method's own hyper-parameter, ``method(value)``)."""
 
     key: str  # the key in cl_utils/tuned.py (or "finetune_lr": the profile's fine-tuning lr)
-    method: Callable[[], Method]
+    method: Callable[..., Method]
     grid: tuple[float, ...]
     arg: str = "lr"
     note: str = ""
 
+    def run(self, exp: Experiment, value: float):
+        if self.arg == "method":
+            return exp.run(self.method(value), valid=True)
+        return exp.run(self.method(), valid=True, **{self.arg: value})
+
+
+# Where the SI and MAS grids sit: with λ = 0 (training identical to naive, seed 0), the penalty per unit λ at the end of
+# the last task, against the anchors before it, was measured for EWC, SI and MAS (lm: 0.201, 0.00853, 3590;
+# classification: 1.04e-5, 1.50e-6, 0.0299). Each grid is centred where λ times that equals EWC's chosen λ times
+# EWC's (lm: 30 x 0.201; classification: 1e4 to 1e5 x 1.04e-5), and spans a factor of 10 or more either side.
+_CENTRED = "grid centred by the penalty scale of EWC's chosen λ (see the comment above SWEEPS)"
 
 SWEEPS: dict[str, list[Sweep]] = {
     "lm": [
         Sweep("prompt_lr", lambda: ProgressivePrompts(10), (1e-2, 3e-2, 1e-1, 3e-1)),
         Sweep("lora_lr", lambda: SequentialLoRA(r=8, alpha=16), (1e-3, 3e-3, 1e-2, 3e-2),
               note="on sequential LoRA; per-task LoRA and O-LoRA use the same lr"),
+        Sweep("si_lambda", lambda lam: SI(lam), (1e2, 3e2, 1e3, 3e3, 1e4), arg="method", note=_CENTRED),
+        Sweep("mas_lambda", lambda lam: MAS(lam, examples=tuned("lm", "fisher_examples")), (3e-4, 1e-3, 3e-3, 1e-2),
+              arg="method", note=_CENTRED),
+        Sweep("lwf_alpha", lambda alpha: LwF(alpha), (0.3, 1.0, 3.0, 10.0), arg="method"),
     ],
     "classification": [
         Sweep("head_lr", Naive, (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), arg="head_lr",
@@ -63,6 +79,10 @@ SWEEPS: dict[str, list[Sweep]] = {
         Sweep("prompt_lr", lambda: ProgressivePrompts(10), (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)),
         Sweep("lora_lr", lambda: SequentialLoRA(r=8, alpha=16), (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
               note="on sequential LoRA; per-task LoRA and O-LoRA use the same lr"),
+        Sweep("si_lambda", lambda lam: SI(lam), (1e4, 1e5, 1e6, 1e7), arg="method", note=_CENTRED),
+        Sweep("mas_lambda", lambda lam: MAS(lam, examples=tuned("classification", "fisher_examples")),
+              (1.0, 10.0, 100.0, 1000.0), arg="method", note=_CENTRED),
+        Sweep("lwf_alpha", lambda alpha: LwF(alpha), (0.3, 1.0, 3.0, 10.0), arg="method"),
     ],
 }
 
@@ -80,8 +100,7 @@ def run_sweep(exp: Experiment, sweep: Sweep) -> dict[str, Any]:
     for value in sweep.grid:
         if repr(value) in scores:
             continue
-        result = exp.run(sweep.method(), valid=True, **{sweep.arg: value})
-        scores[repr(value)] = result.valid_acc
+        scores[repr(value)] = sweep.run(exp, value).valid_acc
         atomic_write_json(path, {"key": sweep.key, "benchmark": exp.benchmark.name, "profile": exp.profile.name,
                                  "seed": exp.seed, "split": "valid", "note": sweep.note, "valid_acc": scores})
     points = {float(k): v for k, v in scores.items() if float(k) in sweep.grid}

@@ -14,7 +14,7 @@ from cl_utils.classification import PadCollate, labelled_texts, select_tasks, sp
 from cl_utils.classifier import MultiHeadClassifier, load_classifier_base, mean_pool
 from cl_utils.config import get_profile
 from cl_utils.evaluation import accuracy
-from cl_utils.ewc import protected_parameter_names
+from cl_utils.methods.quadratic import protected_parameter_names
 from cl_utils.fisher import diagonal_fisher
 from cl_utils.hub import HubUnavailableError
 from cl_utils.splits import SPLITS, normalise, split_of

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 import cl_utils.experiment as experiment
-from cl_utils.ewc import EWC
-from cl_utils.lora import OLoRA, PerTaskLoRA, SequentialLoRA
+from cl_utils.methods.ewc import EWC
+from cl_utils.methods.lora import OLoRA, PerTaskLoRA, SequentialLoRA
 from cl_utils.methods import Naive
-from cl_utils.probe import LinearProbe
-from cl_utils.prompts import ProgressivePrompts
+from cl_utils.methods.probe import LinearProbe
+from cl_utils.methods.prompts import ProgressivePrompts
 from cl_utils.saving import EWC_STATE, load_trained, save_trained
 from cl_utils.stream import evaluate_columns, run_stream
 from cl_utils.config import TrainSpec

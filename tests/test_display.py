@@ -12,11 +12,11 @@ import pytest
 from cl_utils import display
 from cl_utils.config import TrainSpec, get_profile
 from cl_utils.display import progress_bar, progress_mode, takeaways_note
-from cl_utils.ewc import EWC
-from cl_utils.lora import OLoRA, SequentialLoRA
+from cl_utils.methods.ewc import EWC
+from cl_utils.methods.lora import OLoRA, SequentialLoRA
 from cl_utils.methods import Method, Naive, short_number
 from cl_utils.paths import project_root, shown_path
-from cl_utils.prompts import ProgressivePrompts
+from cl_utils.methods.prompts import ProgressivePrompts
 from cl_utils.report import Comparison, coverage_text
 from cl_utils.results import save_results
 from cl_utils.stream import StreamResult
@@ -158,7 +158,7 @@ def test_comparison_tables_are_two_narrow_tables_with_roles_in_the_index():
     metrics, after = c.tables().values()
     assert list(metrics.index) == ["joint (multitask reference)", "naive (baseline)", "ewc"]
     assert list(metrics.columns) == ["task id", "seeds", "ACC", "BWT", "FWT", "forgetting"]
-    assert list(after.columns) == ["news", "social", "technical", "wikipedia", "trainable params", "train s"]
+    assert list(after.columns) == ["news", "social", "technical", "wikipedia", "trainable params", "train s", "state MB"]
     assert after.loc["ewc", "wikipedia"] == f"{np.exp(5.4):.1f}" and after.loc["ewc", "trainable params"] == "31,200"
     assert max(len(" ".join(map(str, row))) for row in after.reset_index().to_numpy()) < 90
 
@@ -169,7 +169,7 @@ def test_benchmarks_without_results_take_one_line_with_the_command():
     lines = coverage_text(comparisons).splitlines()
     assert lines[0] == "lm: comparing 3 methods (the table lists them), seed 0."  # joint, naive, ewc
     assert "lm: missing results" in lines[1]  # a benchmark with some results still lists what it lacks, per notebook
-    assert lines[-1] == ("No results yet for classification: run notebooks 01–04 with PROFILE='display_test' and "
+    assert lines[-1] == ("No results yet for classification: run notebooks 01–04 and 06 with PROFILE='display_test' and "
                          "BENCHMARK='classification', or "
                          "`make reproduce PROFILE=display_test BENCHMARKS=classification`.")
     assert not any("classification" in line for line in lines[:-1])

@@ -5,7 +5,8 @@ import torch
 from torch.testing import assert_close
 
 from cl_utils.config import TrainSpec
-from cl_utils.ewc import EWC, check_fisher_matches, weights_checksum
+from cl_utils.methods.ewc import EWC
+from cl_utils.methods.quadratic import check_importance_matches as check_fisher_matches, weights_checksum
 from cl_utils.fisher import diagonal_fisher
 from cl_utils.stream import run_stream
 

@@ -12,7 +12,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from cl_utils.config import TrainSpec
 from cl_utils.evaluation import lm_score
-from cl_utils.lora import (OLoRA, PerTaskLoRA, SequentialLoRA, adapter_name, adapter_parameters,
+from cl_utils.methods.lora import (OLoRA, PerTaskLoRA, SequentialLoRA, adapter_name, adapter_parameters,
                            adapter_size_on_disk, lora_config, lora_targets, merged_model, orthogonality_penalty,
                            trainable_parameter_report)
 from cl_utils.results import results_path

@@ -8,7 +8,7 @@ import cl_utils.stream as stream
 from cl_utils.benchmark import Benchmark, Task
 from cl_utils.config import TrainSpec
 from cl_utils.evaluation import lm_score, predicted_tokens
-from cl_utils.prompts import ProgressivePrompts, max_positions
+from cl_utils.methods.prompts import ProgressivePrompts, max_positions
 from cl_utils.stream import run_stream
 
 from .conftest import make_tiny_model

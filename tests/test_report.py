@@ -50,8 +50,9 @@ def test_mean_and_std_over_seeds_and_missing_notebooks():
     table = format_table(mean, std)
     assert table.loc["naive", "ACC"] == "-3.150 ± 0.100" and table.loc["ewc", "ACC"] == "-3.200"
     assert table.loc["joint", "BWT"] == "–"
-    assert c.missing == {"02_ewc": ["online_ewc"], "03_progressive_prompts": ["progressive_prompts"],
-                         "04_lora": ["lora_sequential", "lora_per_task", "olora", "olora_no_penalty"]}
+    assert c.missing == {"02_ewc": ["online_ewc", "si", "mas"], "03_progressive_prompts": ["progressive_prompts"],
+                         "04_lora": ["lora_sequential", "lora_per_task", "olora", "olora_no_penalty"],
+                         "06_replay_and_distillation": ["er", "agem", "lwf"]}
     text = c.missing_text()
     assert "lora_sequential" in text and "03_progressive_prompts" in text and "BENCHMARK='lm'" in text
     for fig in (c.heatmaps(seed=1), c.trajectories(), c.transfer()):
@@ -63,11 +64,11 @@ def test_classification_reads_as_accuracy_and_empty_benchmark_reports_everything
     _save(_result("naive", 0.0, benchmark="classification"), 0)
     c = Comparison.load("smoke", "classification")
     table = metrics_table(c.groups["naive"])
-    assert table.loc["naive", "accuracy % a"] == pytest.approx(70.0)
+    assert table.loc["naive", "final accuracy % a"] == pytest.approx(70.0)
     assert view("classification").limits([c.groups["naive"][0].scores]) == pytest.approx((25.0, 90.0))
     empty = Comparison.load("profile_without_runs", "lm")
     assert empty.empty and set(empty.missing) == {"01_baseline_forgetting", "02_ewc", "03_progressive_prompts",
-                                                  "04_lora"}
+                                                  "04_lora", "06_replay_and_distillation"}
     with pytest.raises(ValueError, match="known"):
         Comparison.load("smoke", "vision")
 

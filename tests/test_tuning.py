@@ -5,7 +5,7 @@ import pytest
 
 import cl_utils.experiment as experiment
 import cl_utils.tuning as tuning
-from cl_utils.methods import Naive
+from cl_utils.methods import LwF, Naive
 from cl_utils.tuning import Sweep, run_sweep
 
 from .classification_data import small_benchmark
@@ -40,9 +40,18 @@ def test_a_sweep_chooses_on_valid_records_every_point_and_resumes(exp, monkeypat
     assert again["valid_acc"][1e-2] == out["valid_acc"][1e-2]
 
 
+def test_a_method_hyperparameter_sweep_builds_the_method_at_each_point(exp, monkeypatch):
+    built, calls = [], []
+    real_run = exp.run
+    monkeypatch.setattr(exp, "run", lambda method, **kw: calls.append(kw) or real_run(method, **kw))
+    sweep = Sweep("lwf_alpha", lambda alpha: built.append(alpha) or LwF(alpha), (0.0, 5.0), arg="method")
+    out = run_sweep(exp, sweep)
+    assert built == [0.0, 5.0] and calls == [{"valid": True}, {"valid": True}] and set(out["valid_acc"]) == {0.0, 5.0}
+
+
 def test_every_sweep_names_a_known_key_and_unknown_keys_are_refused():
     keys = {s.key for sweeps in tuning.SWEEPS.values() for s in sweeps}
-    assert keys == {"prompt_lr", "lora_lr", "head_lr", "finetune_lr"}
+    assert keys == {"prompt_lr", "lora_lr", "head_lr", "finetune_lr", "si_lambda", "mas_lambda", "lwf_alpha"}
     with pytest.raises(SystemExit, match="unknown --key"):
         tuning.main(["--benchmark", "lm", "--key", "nope"])
 

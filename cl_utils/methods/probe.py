@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .benchmark import Benchmark
-from .methods import Method, task_head
+from ..benchmark import Benchmark
+from .base import Method, task_head, train_head
 
 __all__ = ["LinearProbe"]
 
@@ -28,11 +28,7 @@ class LinearProbe(Method):
         return model
 
     def parameters(self, model: torch.nn.Module, task_id: int) -> list[torch.nn.Parameter]:
-        head = list(task_head(model, task_id).parameters())
-        for p in head:
-            p.requires_grad_(True)
-        return head
+        return train_head(model, task_id, True)
 
     def end_task(self, model, task_id, task, benchmark) -> None:
-        for p in task_head(model, task_id).parameters():
-            p.requires_grad_(False)
+        train_head(model, task_id, False)

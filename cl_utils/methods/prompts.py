@@ -41,9 +41,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .benchmark import Benchmark, Task
-from .methods import Method, task_head
-from .models import is_causal_lm
+from ..benchmark import Benchmark, Task
+from .base import Method, train_head
+from ..models import is_causal_lm
 
 __all__ = ["ProgressivePrompts", "PromptStack", "max_positions"]
 
@@ -176,23 +176,18 @@ class ProgressivePrompts(Method):
         weight = model.get_input_embeddings().weight
         rows = torch.randint(weight.shape[0], (self.prompt_length,)).to(weight.device)
         self.prompts.start(weight[rows], self.reparam_hidden, self.layer_norm)
-        head = task_head(model, task_id)
-        if head is not None:
-            head.requires_grad_(True)
+        train_head(model, task_id, True)
 
     def parameters(self, model: nn.Module, task_id: int) -> list[nn.Parameter]:
         """Only the new prompt's E and its MLP (and the task's own head, if the model has one per task); the model
         and earlier prompts are not in the optimiser."""
         if self.prompts.embedding is None:
             raise RuntimeError("ProgressivePrompts.parameters: call begin_task first")
-        head = task_head(model, task_id)
-        return [self.prompts.embedding, *self.prompts.mlp.parameters(), *(head.parameters() if head else [])]
+        return [self.prompts.embedding, *self.prompts.mlp.parameters(), *train_head(model, task_id, True)]
 
     def end_task(self, model: nn.Module, task_id: int, task: Task, benchmark: Benchmark) -> None:
         self.prompts.fold()
-        head = task_head(model, task_id)
-        if head is not None:
-            head.requires_grad_(False)
+        train_head(model, task_id, False)
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor], task_id: int | None) -> Any:
         """``model`` on ``[P_j; ...; P_0; embed(input_ids)]``, ``j = min(task_id, prompts so far - 1)`` (encoders:

@@ -29,8 +29,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
-from .benchmark import Benchmark, Task
-from .methods import Method, task_head
+from ..benchmark import Benchmark, Task
+from .base import Method, train_head
 
 __all__ = ["LORA_TARGETS", "lora_targets", "lora_config", "adapter_name", "adapter_parameters", "lora_A_matrices",
            "orthogonality_penalty", "merged_model", "trainable_parameter_report", "adapter_size_on_disk",
@@ -177,23 +177,16 @@ class _LoRA(Method):
         self._begun.append(task_id)
         return name
 
-    def _train_head(self, model: torch.nn.Module, task_id: int, on: bool) -> None:
-        """(Un)freeze task ``task_id``'s own head, if the model has one per task."""
-        head = task_head(model, task_id)
-        if head is not None:
-            head.requires_grad_(on)
-
     def parameters(self, model: torch.nn.Module, task_id: int) -> list[torch.nn.Parameter]:
         """Only the adapter being trained (``A`` and ``B`` of every adapted layer), and the task's own head."""
         if self._training is None:
             return []
-        head = task_head(model, task_id)
-        return [p for p in [*adapter_parameters(model, self._training), *(head.parameters() if head else [])]
+        return [p for p in [*adapter_parameters(model, self._training), *train_head(model, task_id, True)]
                 if p.requires_grad]
 
     def end_task(self, model: torch.nn.Module, task_id: int, task: Task, benchmark: Benchmark) -> None:
         self._set_trainable(model, None)
-        self._train_head(model, task_id, False)
+        train_head(model, task_id, False)
 
     def describe(self) -> dict[str, Any]:
         return {"r": self.r, "alpha": self.alpha, "dropout": self.dropout}
@@ -211,7 +204,7 @@ class SequentialLoRA(_LoRA):
     def begin_task(self, model: torch.nn.Module, task_id: int, task: Task) -> None:
         self._begun.append(task_id)
         self._set_trainable(model, self.ADAPTER)
-        self._train_head(model, task_id, True)
+        train_head(model, task_id, True)
 
 
 class PerTaskLoRA(_LoRA):
@@ -232,7 +225,7 @@ class PerTaskLoRA(_LoRA):
         name = self._add_adapter(model, task_id)
         model.set_adapter(name)
         self._set_trainable(model, name)
-        self._train_head(model, task_id, True)
+        train_head(model, task_id, True)
 
     def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], task_id: int | None) -> Any:
         if task_id is None or task_id not in self._begun:
@@ -290,7 +283,7 @@ class OLoRA(_LoRA):
         name = self._add_adapter(model, task_id)
         model.base_model.set_adapter([adapter_name(t) for t in self._begun])  # a list: all add up
         self._set_trainable(model, name)
-        self._train_head(model, task_id, True)
+        train_head(model, task_id, True)
 
     def orthogonality(self, model: torch.nn.Module, task_id: int) -> torch.Tensor:
         """``sum_layers sum_{i<task_id} sum_jk |(A_task_id A_i^T)_jk|`` (unweighted)."""

@@ -1,16 +1,34 @@
-"""The one small interface every continual-learning method implements (cf. mammoth's ``observe``/``end_task``).
+"""The one small interface every continual-learning method implements (cf. mammoth's ``observe``/``end_task``,
+Avalanche's plugin hooks).
 
 The stream runner (:mod:`cl_utils.stream`) calls, in order::
 
-    model = method.prepare(model, benchmark)            # once: validate, freeze, wrap with adapters
+    model = method.prepare(model, benchmark)             # once: validate, freeze, wrap with adapters, size a buffer
     for task_id, task in enumerate(benchmark.tasks):
-        method.begin_task(model, task_id, task)         # e.g. add a prompt or an adapter
-        train on: method.forward(model, batch, task_id).loss + method.penalty(model, task_id)
-                  over method.parameters(model, task_id)
-        method.end_task(model, task_id, task, benchmark)  # e.g. compute a Fisher, freeze a prompt
+        method.begin_task(model, task_id, task)          # e.g. add a prompt or an adapter, snapshot a teacher
+        for each step, over method.parameters(model, task_id):
+            loss = method.loss(model, batch, task_id)    # default: forward(...).loss + penalty(...)
+            loss.backward()
+            method.after_backward(model, task_id)        # e.g. project the gradient (A-GEM), read it (SI)
+            clip, optimiser step
+            method.after_step(model, task_id)            # e.g. the path integral of SI
+        method.end_task(model, task_id, task, benchmark) # e.g. a Fisher, freeze a prompt, fill a memory
         evaluate every column j with method.forward(model, batch, j)  (j=None: an extra column)
 
-EWC, Progressive Prompts and LoRA subclass :class:`Method` in their own modules.
+Which hooks each method uses, besides ``forward`` (one module each in this package):
+
+=====================  ==========================================================================================
+naive                  none: plain fine-tuning
+ewc, online_ewc, mas   ``end_task`` (importance and anchor), ``penalty``
+si                     ``begin_task``, ``after_backward`` (gradient), ``after_step`` (path integral), ``end_task``,
+                       ``penalty``
+lwf                    ``begin_task`` (frozen teacher), ``loss`` (+ distillation on the batch)
+er                     ``prepare`` (buffer size), ``loss`` (+ a replay batch; the batch joins the reservoir)
+agem                   ``prepare``, ``end_task`` (fill the memory), ``after_backward`` (projection)
+progressive_prompts    ``prepare``, ``begin_task``, ``parameters``, ``forward``, ``end_task``
+lora_*, olora*         ``prepare``, ``begin_task``, ``parameters``, ``forward``, ``end_task``; ``penalty`` (O-LoRA)
+linear_probe           ``prepare``, ``parameters``, ``end_task``
+=====================  ==========================================================================================
 """
 from __future__ import annotations
 
@@ -18,9 +36,9 @@ from typing import Any
 
 import torch
 
-from .benchmark import Benchmark, Task
+from ..benchmark import Benchmark, Task
 
-__all__ = ["Method", "Naive", "task_head", "short_number"]
+__all__ = ["Method", "task_head", "train_head", "short_number"]
 
 
 def short_number(value: Any) -> str:
@@ -40,6 +58,15 @@ def task_head(model: torch.nn.Module, task_id: int) -> torch.nn.Module | None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     get = getattr(base, "task_head", None)
     return None if get is None else get(task_id)
+
+
+def train_head(model: torch.nn.Module, task_id: int, on: bool) -> list[torch.nn.Parameter]:
+    """(Un)freeze task ``task_id``'s own head, if the model has one per task; return its parameters ([] without)."""
+    head = task_head(model, task_id)
+    if head is None:
+        return []
+    head.requires_grad_(on)
+    return list(head.parameters())
 
 
 class Method:
@@ -81,6 +108,20 @@ class Method:
         """Regulariser added to the task loss (None: nothing)."""
         return None
 
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], task_id: int) -> torch.Tensor:
+        """The training objective of one batch of task ``task_id``: the task loss plus :meth:`penalty`. Methods
+        that need the batch itself (distillation, replay) override this."""
+        loss = self.forward(model, batch, task_id).loss
+        extra = self.penalty(model, task_id)
+        return loss if extra is None else loss + extra
+
+    def after_backward(self, model: torch.nn.Module, task_id: int) -> None:
+        """Called after ``loss.backward()``, before gradient clipping and the optimiser step: the gradients are in
+        ``p.grad`` and may be changed in place."""
+
+    def after_step(self, model: torch.nn.Module, task_id: int) -> None:
+        """Called after each optimiser step."""
+
     def end_task(self, model: torch.nn.Module, task_id: int, task: Task, benchmark: Benchmark) -> None:
         """Called after training task ``task_id``, before it is evaluated."""
 
@@ -88,6 +129,7 @@ class Method:
         """Hyper-parameters recorded in the results file."""
         return {}
 
-
-class Naive(Method):
-    """Sequential fine-tuning with no protection against forgetting: the baseline."""
+    def state_bytes(self) -> int:
+        """Bytes the method keeps besides the model (a buffer, a teacher, importances and anchors); recorded in the
+        results file after the stream."""
+        return 0

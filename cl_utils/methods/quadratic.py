@@ -1,0 +1,204 @@
+"""The importance-weighted quadratic penalty that EWC, SI and MAS share; only how the importance is measured differs.
+
+After each task the runner calls :meth:`QuadraticPenalty.end_task`, which asks the subclass for that task's
+importance ``Ω`` (one non-negative tensor per protected parameter, :meth:`~QuadraticPenalty.importance`) at the
+weights just trained, and stores an anchor ``θ*`` (a detached clone of those weights). Training the next tasks
+then adds::
+
+    penalty = (lam / 2) * sum_k sum_i Ω_k,i * (θ_i - θ*_k,i)^2          (EWC: Kirkpatrick et al. 2017, eq. 3)
+
+* ``mode="separate"``: one ``(Ω_k, θ*_k)`` per past task, as in the EWC paper.
+* ``mode="online"`` (Schwarz et al. 2018, "Progress & Compress", section 2.3): a single running importance
+  ``Ω <- gamma * Ω_old + Ω_new`` and a single anchor, the latest weights. SI and MAS accumulate this way (γ = 1).
+
+The penalty costs one pass over the parameters whatever the number of tasks: per parameter,
+``sum_k Ω_k (θ - a_k)^2 = S (θ - m)^2 + C`` with ``S = sum_k Ω_k``, the importance-weighted mean anchor
+``m = sum_k Ω_k a_k / S`` and a constant ``C = sum_k Ω_k (a_k - m)^2`` (same value, same gradient
+``sum_k Ω_k (θ - a_k)``, and no cancellation between large terms near ``θ*``).
+
+Task heads (the parameters under a model's ``head_prefix``, e.g. ``heads.`` of
+:class:`cl_utils.classifier.MultiHeadClassifier`) are left out of the importance, the anchors and the penalty: each
+head serves one task only, and later tasks never update an earlier task's head.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..benchmark import Benchmark, Task
+from .base import Method
+
+__all__ = ["QuadraticPenalty", "check_importance_matches", "weights_checksum", "protected_parameter_names"]
+
+MODES = ("separate", "online")
+Tensors = dict[str, torch.Tensor]
+
+
+def check_importance_matches(importance: Tensors, model: torch.nn.Module) -> None:
+    """Raise ``ValueError`` unless every key of ``importance`` names a parameter of ``model`` of the same shape.
+
+    Model parameters missing from ``importance`` (e.g. a head added after consolidation) are allowed.
+    """
+    params = dict(model.named_parameters())
+    missing = sorted(set(importance) - set(params))
+    if missing:
+        raise ValueError(f"the stored importance (Fisher) has {len(missing)} key(s) the model has no parameter for: "
+                         f"{missing[:5]}; keys must be names from model.named_parameters(), e.g. "
+                         f"{list(params)[:3]}")
+    bad = [f"{n}: {tuple(f.shape)} vs {tuple(params[n].shape)}"
+           for n, f in importance.items() if f.shape != params[n].shape]
+    if bad:
+        raise ValueError(f"importance (Fisher) and model shapes differ (stored vs model) for {bad[:5]}")
+
+
+def protected_parameter_names(model: torch.nn.Module) -> list[str]:
+    """Trainable parameters a quadratic penalty consolidates: all but the task heads (names starting with
+    ``model.head_prefix``, when the model declares one)."""
+    prefix = getattr(model, "head_prefix", None) or None
+    return [n for n, p in model.named_parameters() if p.requires_grad and not (prefix and n.startswith(prefix))]
+
+
+def weights_checksum(model: torch.nn.Module) -> float:
+    """A float64 fingerprint of the trainable weights: ``sum_p sum(p) + sum(p^2)``; changes when they change."""
+    with torch.no_grad():
+        return float(sum(p.double().sum() + p.double().square().sum()
+                         for p in model.parameters() if p.requires_grad))
+
+
+class QuadraticPenalty(Method):
+    """The shared part of EWC, SI and MAS: consolidation, the penalty, saving. Subclasses define
+    :meth:`importance` (and may use the training hooks to measure it).
+
+    Args:
+        lam: penalty strength ``lambda`` (>= 0).
+        mode: ``"separate"`` (one importance and anchor per task) or ``"online"`` (one decayed sum, one anchor).
+        gamma: decay of the old importance in online mode, in (0, 1]; unused in separate mode.
+
+    Attributes:
+        importances, anchors: lists of ``{param name: tensor}``; per consolidated task (separate) or one entry
+            (online). Shapes are the parameters' shapes.
+        task_ids: the consolidated tasks, in order.
+        fisher_log: per :meth:`end_task`, ``{"task_id", "checksum"}``: :func:`weights_checksum` of the weights the
+            importance was measured at.
+    """
+
+    state_file = "ewc_state.pt"  # what cl_utils.saving.save_trained writes the state to
+    label_hparams = {"lam": "λ"}
+
+    def __init__(self, lam: float, *, mode: str = "separate", gamma: float = 1.0) -> None:
+        if not (isinstance(lam, (int, float)) and not isinstance(lam, bool) and math.isfinite(lam) and lam >= 0):
+            raise ValueError(f"{self.name}: lam must be a finite number >= 0, got {lam!r}")
+        if mode not in MODES:
+            raise ValueError(f"{self.name}: mode must be one of {MODES}, got {mode!r}")
+        if not 0 < gamma <= 1:
+            raise ValueError(f"{self.name}: gamma must be in (0, 1] (1 = no decay), got {gamma!r}")
+        self.lam, self.mode, self.gamma = float(lam), mode, float(gamma)
+        self.importances: list[Tensors] = []
+        self.anchors: list[Tensors] = []
+        self.task_ids: list[int] = []
+        self.fisher_log: list[dict[str, Any]] = []
+        self._merged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (S, m)
+        self._constant = 0.0  # C, summed over parameters
+
+    # -- what subclasses define ------------------------------------------------------------------------
+    def importance(self, model: torch.nn.Module, task_id: int, task: Task, benchmark: Benchmark,
+                   names: list[str]) -> Tensors:
+        """``{name: Ω}`` (non-negative, shaped like the parameter) for the parameters ``names``, at the weights
+        just trained on task ``task_id``."""
+        raise NotImplementedError
+
+    # -- consolidation ---------------------------------------------------------------------------------
+    def end_task(self, model: torch.nn.Module, task_id: int, task: Task, benchmark: Benchmark) -> None:
+        """The task's importance at the weights just trained on it, then those weights as the anchor."""
+        checksum = weights_checksum(model)
+        names = protected_parameter_names(model)
+        importance = self.importance(model, task_id, task, benchmark, names)
+        anchor = {n: p.detach().clone() for n, p in model.named_parameters() if n in importance}
+        self.consolidate(importance, anchor, task_id=task_id)
+        self.fisher_log.append({"task_id": task_id, "checksum": checksum})
+
+    def consolidate(self, importance: Tensors, anchor: Tensors, *, task_id: int | None = None) -> None:
+        """Add one task's importance and anchor (same keys and shapes); ``end_task`` calls this."""
+        if set(importance) != set(anchor) or any(importance[n].shape != anchor[n].shape for n in importance):
+            raise ValueError(f"importance and anchor must have the same keys and shapes; keys only in the importance: "
+                             f"{sorted(set(importance) - set(anchor))[:5]}, only in the anchor: "
+                             f"{sorted(set(anchor) - set(importance))[:5]}")
+        importance = {n: f.detach().clone() for n, f in importance.items()}
+        anchor = {n: a.detach().clone() for n, a in anchor.items()}
+        if self.mode == "online" and self.importances:
+            old_f, old_a = self.importances[0], self.anchors[0]
+            importance = {**{n: self.gamma * f for n, f in old_f.items()},
+                          **{n: self.gamma * old_f[n] + f if n in old_f else f for n, f in importance.items()}}
+            anchor = {**old_a, **anchor}
+            self.importances, self.anchors = [importance], [anchor]
+        else:
+            self.importances.append(importance)
+            self.anchors.append(anchor)
+        self.task_ids.append(-1 if task_id is None else task_id)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Per parameter ``S = sum_k Ω_k`` and ``m = sum_k Ω_k a_k / S``; ``C = sum_k Ω_k (a_k - m)^2``."""
+        self._merged, self._constant = {}, 0.0
+        for name in dict.fromkeys(n for f in self.importances for n in f):  # ordered: reproducible sums
+            pairs = [(f[name], a[name]) for f, a in zip(self.importances, self.anchors) if name in f]
+            if len(pairs) == 1:  # exact: the penalty is 0 at the anchor
+                self._merged[name] = pairs[0]
+                continue
+            f64 = [(f.double(), a.double()) for f, a in pairs]
+            s = sum(f for f, _ in f64)
+            m = torch.where(s > 0, sum(f * a for f, a in f64) / s.clamp_min(torch.finfo(s.dtype).tiny), f64[-1][1])
+            self._constant += float(sum((f * (a - m).square()).sum() for f, a in f64))
+            self._merged[name] = (s.to(pairs[0][0].dtype), m.to(pairs[0][1].dtype))
+
+    # -- training --------------------------------------------------------------------------------------
+    def penalty(self, model: torch.nn.Module, task_id: int) -> torch.Tensor | None:
+        """``(lam / 2) * sum Ω (θ - θ*)^2`` as a scalar tensor; None before any task was consolidated.
+
+        Parameters without a stored importance (added after consolidation) are left out.
+        """
+        if not self._merged:
+            return None
+        params = dict(model.named_parameters())
+        if not self._merged.keys() <= params.keys() or any(params[n].shape != s.shape
+                                                            for n, (s, _) in self._merged.items()):
+            check_importance_matches({n: s for n, (s, _) in self._merged.items()}, model)
+        total = sum((s * (params[n] - m).square()).sum() for n, (s, m) in self._merged.items())
+        return (0.5 * self.lam) * (total + self._constant)
+
+    @torch.no_grad()
+    def penalty_gradient(self, name: str, param: torch.Tensor) -> torch.Tensor | None:
+        """``d penalty / d param`` = ``lam * S (θ - m)`` for one parameter (None when it is not consolidated)."""
+        merged = self._merged.get(name)
+        return None if merged is None else self.lam * merged[0] * (param - merged[1])
+
+    def state_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for d in (*self.importances, *self.anchors) for t in d.values())
+
+    def describe(self) -> dict[str, Any]:
+        return {"lam": self.lam, "mode": self.mode, "gamma": self.gamma}
+
+    # -- persistence -----------------------------------------------------------------------------------
+    def _init_kwargs(self) -> dict[str, Any]:
+        """What ``type(self)(**kwargs)`` needs to rebuild this method (saved by :meth:`save`)."""
+        return {"lam": self.lam, "mode": self.mode, "gamma": self.gamma}
+
+    def save(self, path: str | Path) -> None:
+        """Write hyper-parameters, importances, anchors and logs to one ``torch.save`` file."""
+        torch.save({"format": 2, "method": self.name, "hparams": self._init_kwargs(), "importances": self.importances,
+                    "anchors": self.anchors, "task_ids": self.task_ids, "fisher_log": self.fisher_log}, path)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device | None = None) -> "QuadraticPenalty":
+        """Restore a method written by :meth:`save` (same penalties). Format 1 (EWC before SI and MAS) reads too."""
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(state, dict) or state.get("format") not in (1, 2):
+            raise ValueError(f"{path} is not a state written by {cls.__name__}.save (format 1 or 2)")
+        method = cls(**state["hparams"])
+        method.importances = state["importances" if state["format"] == 2 else "fishers"]
+        method.anchors, method.task_ids, method.fisher_log = state["anchors"], state["task_ids"], state["fisher_log"]
+        method._rebuild()
+        return method
