@@ -92,7 +92,7 @@ def result_from_dict(data: dict[str, Any]) -> StreamResult:
                         data["trainable_params"], data["total_params"], data.get("losses", []),
                         data.get("hparams", {}), data["benchmark"], task_identity=data.get("task_identity", False),
                         task_heads=data.get("task_heads", False), closing_seconds=data.get("closing_seconds", 0.0),
-                        valid=data.get("valid"), state_bytes=data.get("state_bytes", 0))
+                        valid=data.get("valid"), state_bytes=data.get("state_bytes"))
 
 
 def load_results(profile: str, benchmark: str | None = None, method: str | None = None, *,
@@ -139,7 +139,7 @@ def result_row(r: StreamResult) -> dict[str, Any]:
         row[f"final {v.name} {name}"] = float(v.show(s))
     row["trainable params"] = float(r.trainable_params)
     row["train s"] = float(r.train_seconds)
-    row["state MB"] = r.state_bytes / 2**20
+    row["state MB"] = r.state_mb
     return row
 
 

@@ -48,7 +48,8 @@ class StreamResult:
     closing_seconds: float = 0.0  # the last task's end-of-task work (e.g. its Fisher): no task of the stream uses
     # it, only a continuation of the stream would (the saved ewc_state.pt), so it is not in train_seconds
     valid: list[float] | None = None  # each stream task's valid score after the whole stream (run with valid=True)
-    state_bytes: int = 0  # what the method keeps besides the model after the stream (buffer, teacher, importances)
+    state_bytes: int | None = 0  # what the method keeps besides the model (buffer, teacher, importances); None: not
+    # recorded (a results file written before it was)
 
     @property
     def R(self) -> np.ndarray:
@@ -57,6 +58,11 @@ class StreamResult:
     @property
     def b(self) -> np.ndarray:
         return self.scores[0, : len(self.tasks)]
+
+    @property
+    def state_mb(self) -> float:
+        """``state_bytes`` in MiB; NaN when not recorded."""
+        return float("nan") if self.state_bytes is None else self.state_bytes / 2**20
 
     @property
     def valid_acc(self) -> float:

@@ -147,7 +147,12 @@ def test_lwf_with_weight_zero_gives_naives_R_exactly(benchmark, tiny_tokenizer, 
     lwf = _run(model(), bench, LwF(0.0))
     assert np.array_equal(naive.scores, lwf.scores) and naive.losses == lwf.losses
     # a positive weight changes the training (from the first task on for the LM, the second for classification)
-    assert _run(model(), bench, LwF(10.0)).losses[1] != naive.losses[1]
+    method = LwF(10.0)
+    result = _run(model(), bench, method)
+    assert result.losses[1] != naive.losses[1]
+    # the teacher (one model copy) is counted, and freed once no task needs it
+    assert method.teacher is None and result.state_bytes == sum(p.numel() * 4 for p in result.model.parameters()) + \
+        sum(b.numel() * b.element_size() for b in result.model.buffers())
 
 
 def test_distillation_is_zero_against_itself_and_counts_real_tokens_only(tiny_tokenizer, tiny_benchmark):
@@ -261,3 +266,18 @@ def test_registry_builds_every_method_by_name_and_refuses_bad_input():
     with pytest.raises(ValueError, match="in \\(0, 1\\]"):
         make_method("er", memory=5)
     assert "mode" not in method_parameters("online_ewc") and isinstance(make_method("ewc", lam=1.0), EWC)
+
+
+def test_a_results_file_from_before_state_bytes_reads_as_unknown_not_zero(tiny_tokenizer, tiny_benchmark):
+    import math
+
+    from cl_utils.config import get_profile
+    from cl_utils.results import result_from_dict, result_row, save_results
+
+    result = _run(make_tiny_model(tiny_tokenizer), tiny_benchmark, ER(0.5))
+    path = save_results(result, profile=get_profile("smoke"), benchmark="lm", seed=0)
+    import json
+    data = json.loads(path.read_text())
+    assert result_row(result_from_dict(data))["state MB"] == result.state_bytes / 2**20 > 0
+    del data["state_bytes"]
+    assert math.isnan(result_row(result_from_dict(data))["state MB"])

@@ -8,8 +8,10 @@ batch from the memory and takes its gradient ``g_ref``; when the current gradien
     g  <-  g - (g · g_ref / g_ref · g_ref) g_ref
 
 so that ``g · g_ref = 0``; a gradient that does not conflict is left unchanged. The projection is over every
-trained parameter at once (one flat vector), before gradient clipping. Hooks: ``prepare``, ``end_task`` and
-``after_backward``.
+trained parameter at once (one flat vector), before gradient clipping. The paper steps with SGD; here AdamW rescales
+each coordinate after the projection, so a step can still raise the memory's loss a little. The last task never
+enters the memory (no task of the stream would use it): a saved memory does not protect it in a continuation.
+Hooks: ``prepare``, ``end_task``, ``loss`` (notes the batch size) and ``after_backward``.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 
 from ..benchmark import Benchmark, Task
+from ..training import autocast
 from .base import Method
 from .buffer import REPLAY_BUFFER, ReplayBuffer
 from .er import check_memory, memory_rows
@@ -96,7 +99,7 @@ class AGEM(Method):
         params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
         ref = self.buffer.batch(self.reference_batch_size or self._batch_size, self._collate)
         ref = {k: v.to(self._device) for k, v in ref.items()}
-        with torch.enable_grad():
+        with torch.enable_grad(), autocast(self._device):  # the same precision as the training step
             ref_loss = self.forward(model, ref, task_id).loss
             reference = torch.autograd.grad(ref_loss, params, allow_unused=True)
         reference = [torch.zeros_like(p) if r is None else r for p, r in zip(params, reference)]

@@ -22,9 +22,9 @@ naive                  none: plain fine-tuning
 ewc, online_ewc, mas   ``end_task`` (importance and anchor), ``penalty``
 si                     ``begin_task``, ``after_backward`` (gradient), ``after_step`` (path integral), ``end_task``,
                        ``penalty``
-lwf                    ``begin_task`` (frozen teacher), ``loss`` (+ distillation on the batch)
+lwf                    ``prepare``, ``begin_task`` (frozen teacher), ``loss`` (+ distillation), ``end_task``
 er                     ``prepare`` (buffer size), ``loss`` (+ a replay batch; the batch joins the reservoir)
-agem                   ``prepare``, ``end_task`` (fill the memory), ``after_backward`` (projection)
+agem                   ``prepare``, ``end_task`` (fill the memory), ``loss``, ``after_backward`` (projection)
 progressive_prompts    ``prepare``, ``begin_task``, ``parameters``, ``forward``, ``end_task``
 lora_*, olora*         ``prepare``, ``begin_task``, ``parameters``, ``forward``, ``end_task``; ``penalty`` (O-LoRA)
 linear_probe           ``prepare``, ``parameters``, ``end_task``

@@ -25,13 +25,14 @@ Row = dict[str, torch.Tensor]
 
 def rows_of(batch: dict[str, torch.Tensor]) -> list[Row]:
     """The rows of a collated batch, as detached CPU tensors (padding of a text is cut off at its mask's length)."""
+    batch = {k: v.detach().to("cpu") for k, v in batch.items()}  # one copy per key, not per row
     n = batch["input_ids"].shape[0]
     lengths = batch["attention_mask"].sum(1).tolist() if "task_ids" in batch else None  # texts: right-padded
     rows = []
     for i in range(n):
         row = {}
         for key, value in batch.items():
-            v = value[i].detach().to("cpu")
+            v = value[i]
             if lengths is not None and v.dim() == 1:
                 v = v[: int(lengths[i])]
             row[key] = v.clone()

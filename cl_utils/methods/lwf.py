@@ -13,8 +13,9 @@ stored::
   of the current texts, averaged over those heads (the paper's "old task" outputs; ``T = 2`` as in the paper). The
   first task has no earlier head, so it trains as naive does.
 
-``T^2`` keeps the gradient's scale independent of ``T`` (Hinton et al. 2015). Hooks: ``begin_task`` (the teacher)
-and ``loss``.
+``T^2`` keeps the gradient's scale independent of ``T`` (Hinton et al. 2015); the paper sums the earlier heads' terms,
+here they are averaged (a scale that α absorbs). Hooks: ``prepare``, ``begin_task`` (the teacher), ``loss`` and
+``end_task`` (the last teacher is freed).
 """
 from __future__ import annotations
 
@@ -55,10 +56,22 @@ class LwF(Method):
                                  f"got {value!r}")
         self.alpha, self.temperature = float(alpha), float(temperature)
         self.teacher: torch.nn.Module | None = None
+        self._n_tasks = 0
+        self._teacher_bytes = 0
+
+    def prepare(self, model: torch.nn.Module, benchmark) -> torch.nn.Module:
+        self._n_tasks = len(benchmark.tasks)
+        return model
 
     def begin_task(self, model: torch.nn.Module, task_id: int, task) -> None:
         self.teacher = None  # free the previous one first
         self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        self._teacher_bytes = sum(t.numel() * t.element_size()
+                                  for t in (*self.teacher.parameters(), *self.teacher.buffers()))
+
+    def end_task(self, model: torch.nn.Module, task_id: int, task, benchmark) -> None:
+        if task_id == self._n_tasks - 1:  # no later task distils from it: free the copy
+            self.teacher = None
 
     def distillation(self, model: torch.nn.Module, out: Any, batch: dict[str, torch.Tensor],
                      task_id: int) -> torch.Tensor:
@@ -83,9 +96,8 @@ class LwF(Method):
         return out.loss + self.alpha * self.distillation(model, out, batch, task_id)
 
     def state_bytes(self) -> int:
-        if self.teacher is None:
-            return 0
-        return sum(t.numel() * t.element_size() for t in (*self.teacher.parameters(), *self.teacher.buffers()))
+        """The teacher's bytes, held during training (one model copy); freed after the last task."""
+        return self._teacher_bytes
 
     def describe(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "temperature": self.temperature}

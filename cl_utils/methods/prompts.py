@@ -224,6 +224,10 @@ class ProgressivePrompts(Method):
             batch["labels"] = _insert(labels, labels.new_full((B, n), -100), at)
         return model(**batch)
 
+    def state_bytes(self) -> int:
+        """The prompts, which the method holds (not the model)."""
+        return sum(t.numel() * t.element_size() for t in (*self.prompts.parameters(), *self.prompts.buffers()))
+
     def describe(self) -> dict[str, Any]:
         order = "newest first: [P_k; ...; P_0; x]"
         if self.position == 1:

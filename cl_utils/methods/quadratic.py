@@ -176,7 +176,10 @@ class QuadraticPenalty(Method):
         return None if merged is None else self.lam * merged[0] * (param - merged[1])
 
     def state_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for d in (*self.importances, *self.anchors) for t in d.values())
+        """Importances and anchors, and the merged ``S`` and ``m`` where they are new tensors (2+ tasks, separate)."""
+        tensors = {id(t): t for d in (*self.importances, *self.anchors) for t in d.values()}
+        tensors.update({id(t): t for pair in self._merged.values() for t in pair})
+        return sum(t.numel() * t.element_size() for t in tensors.values())
 
     def describe(self) -> dict[str, Any]:
         return {"lam": self.lam, "mode": self.mode, "gamma": self.gamma}

@@ -85,7 +85,7 @@ class SI(QuadraticPenalty):
         for n in names:
             delta = params[n].detach().float() - self._start[n].float()
             out[n] = (self._omega[n].clamp_min(0) / (delta.square() + self.xi)).to(params[n].dtype)
-        self._grad, self._before, self._start, self._omega = {}, {}, {}, {}
+        self._params, self._grad, self._before, self._start, self._omega = {}, {}, {}, {}, {}
         return out
 
     def describe(self) -> dict[str, Any]:
