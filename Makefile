@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 setup: $(VENV)/.installed
 
-# Notebooks 01-04 run once per benchmark and seed (runs/<profile>/<nb>__<benchmark>[__seed<k>].ipynb);
+# Notebooks 01-04 and 06 run once per benchmark and seed (runs/<profile>/<nb>__<benchmark>[__seed<k>].ipynb);
 # 05_evaluation runs once at the end and compares everything that was saved.
 reproduce: setup
 	@set -e; start=$$(date +%s); \
@@ -56,18 +56,18 @@ test: setup
 	$(PY) -m pytest
 	$(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/golden/sanitize.cfg --nbval-current-env -p no:cacheprovider tests/golden
 
-# Regenerate tests/golden/ (smoke profile, every notebook, one shared fresh runs folder): the executed notebooks
+# Regenerate tests/golden/ (smoke profile, every notebook, 05 last, one shared fresh runs folder): the executed notebooks
 # (nbval compares their checked cells as text) and their results files (compared with a tolerance). Deliberate only:
 # review `git diff tests/golden` before committing, since these copies define what the regression check expects.
 golden: setup
-	@set -e; tmp=$$(mktemp -d); for nb in $(NOTEBOOKS); do echo "=== $$nb"; \
+	@set -e; tmp=$$(mktemp -d); for nb in $(METHOD_NOTEBOOKS) notebooks/05_evaluation.ipynb; do echo "=== $$nb"; \
 	  CL_RUNS_DIR=$$tmp/runs CL_FIGURES_DIR=$$tmp/figures $(PY) -m papermill $$nb tests/golden/$$(basename $$nb) \
 	    -k python3 --cwd notebooks --no-progress-bar -p PROFILE smoke -p SEED 0; done; \
 	$(PY) tests/golden/strip_images.py tests/golden/*.ipynb; \
 	rm -rf tests/golden/results; cp -r $$tmp/runs/smoke/results tests/golden/results; \
 	find tests/golden/results -name '*.json' ! -name '*__*' -delete; rm -rf $$tmp
 
-# The sweeps behind cl_utils/tuned.py: every value chosen on the valid splits (28 streams on embedded: 8 lm, 20 classification).
+# The sweeps behind cl_utils/tuned.py: every value chosen on the valid splits (53 streams on embedded: 21 lm, 32 classification).
 # Options: make tune TUNE_FLAGS="--benchmark lm --key prompt_lr". Points are kept under runs/<profile>/tuning/.
 tune: setup
 	$(PY) -m cl_utils.tuning --profile $(PROFILE) $(TUNE_FLAGS)

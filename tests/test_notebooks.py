@@ -1,7 +1,7 @@
 """Notebooks executed with papermill on the smoke profile, exactly as `make reproduce` runs them.
 
 The `lm` benchmark of every notebook runs in the nbval regression check (tests/golden, second step of
-`make test`), which also checks what those runs leave behind. Here: the `classification` benchmark of 01-04,
+`make test`), which also checks what those runs leave behind. Here: the `classification` benchmark of 01-04 and 06,
 then 05_evaluation, which must show classification and say that the lm results are missing.
 """
 import json
@@ -19,9 +19,10 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # What each method notebook must leave behind: results files and figures (benchmark name prefixed).
 EXPECTED = {
     "01_baseline_forgetting": (["naive", "joint", "linear_probe"], ["naive"]),
-    "02_ewc": (["ewc", "online_ewc"], ["ewc", "ewc_lambda_sweep"]),
+    "02_ewc": (["ewc", "online_ewc", "si", "mas"], ["ewc", "ewc_lambda_sweep", "importance_estimates"]),
     "03_progressive_prompts": (["progressive_prompts"], ["progressive_prompts"]),
     "04_lora": (["lora_sequential", "lora_per_task", "olora", "olora_no_penalty"], ["lora"]),
+    "06_replay_and_distillation": (["er", "agem", "lwf"], ["er_memory_sweep", "replay_and_distillation"]),
 }
 COMPARISON_FIGURES = ["comparison_matrices", "comparison_trajectories", "comparison_transfer"]
 
@@ -69,8 +70,8 @@ def test_evaluation_notebook_compares_what_exists(tmp_path):
     printed = lambda call: "".join("".join(o.get("text", "")) for c in cells  # noqa: E731
                                    if call in "".join(c["source"]) for o in c.get("outputs", []))
     assert printed("coverage_text(").splitlines() == [  # lm has no results at all: one line, with the command
-        "classification: comparing 10 methods (the table lists them), seed 0.",
-        "No results yet for lm: run notebooks 01–04 with PROFILE='smoke' and BENCHMARK='lm', "
+        "classification: comparing 15 methods (the table lists them), seed 0.",
+        "No results yet for lm: run notebooks 01–04 and 06 with PROFILE='smoke' and BENCHMARK='lm', "
         "or `make reproduce PROFILE=smoke BENCHMARKS=lm`."]
     note = [o for c in cells if "takeaways_note(" in "".join(c["source"]) for o in c.get("outputs", [])]
     assert len(note) == 1 and "this notebook ran on `smoke`" in "".join(note[0]["data"]["text/markdown"])

@@ -268,8 +268,11 @@ def test_registry_builds_every_method_by_name_and_refuses_bad_input():
     assert "mode" not in method_parameters("online_ewc") and isinstance(make_method("ewc", lam=1.0), EWC)
 
 
-def test_a_results_file_from_before_state_bytes_reads_as_unknown_not_zero(tiny_tokenizer, tiny_benchmark):
+def test_a_results_file_from_before_state_bytes_reads_as_unknown_not_zero(tiny_tokenizer, tiny_benchmark, tmp_path,
+                                                                          monkeypatch):
     import math
+
+    monkeypatch.setenv("CL_RUNS_DIR", str(tmp_path))  # not the session's runs folder, which other tests read
 
     from cl_utils.config import get_profile
     from cl_utils.results import result_from_dict, result_row, save_results
