@@ -15,7 +15,6 @@ Hooks: ``prepare``, ``end_task``, ``loss`` (notes the batch size) and ``after_ba
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +22,7 @@ import torch
 from ..benchmark import Benchmark, Task
 from ..training import autocast
 from .base import Method
-from .buffer import REPLAY_BUFFER, ReplayBuffer
+from .buffer import ReplayBuffer, WithMemory
 from .er import check_memory, memory_rows
 
 __all__ = ["AGEM", "project"]
@@ -45,7 +44,7 @@ def project(grads: list[torch.Tensor], reference: list[torch.Tensor]) -> bool:
     return True
 
 
-class AGEM(Method):
+class AGEM(WithMemory, Method):
     """A-GEM with a memory filled at the end of each task.
 
     Args:
@@ -57,7 +56,6 @@ class AGEM(Method):
 
     name = "agem"
     label_hparams = {"memory": "M"}
-    state_file = REPLAY_BUFFER
 
     def __init__(self, memory: float = 0.05, *, reference_batch_size: int | None = None, seed: int = 0) -> None:
         self.memory = check_memory("AGEM", memory)
@@ -69,7 +67,6 @@ class AGEM(Method):
         self.steps = self.projected = 0  # steps trained, and those whose gradient was projected
         self._collate = None
         self._batch_size = 1
-        self._loaded = False
 
     def prepare(self, model: torch.nn.Module, benchmark: Benchmark) -> torch.nn.Module:
         capacity = memory_rows(self.memory, benchmark)
@@ -105,23 +102,9 @@ class AGEM(Method):
         reference = [torch.zeros_like(p) if r is None else r for p, r in zip(params, reference)]
         self.projected += project([p.grad for p in params], reference)
 
-    def state_bytes(self) -> int:
-        return 0 if self.buffer is None else self.buffer.nbytes
-
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"memory": self.memory, "reference_batch_size": self.reference_batch_size}
-        if self.buffer is not None:
-            out.update(memory_rows=self.buffer.capacity, rows_held=len(self.buffer), rows_per_task=self.buffer.tasks(),
-                       buffer_bytes=self.buffer.nbytes)  # not the projected steps: a sign test, it may differ by CPU
-        return out
+        # not the projected steps: a sign test, it may differ by CPU
+        return {"memory": self.memory, "reference_batch_size": self.reference_batch_size, **self.memory_info()}
 
-    def save(self, path: str | Path) -> None:
-        torch.save({"method": self.name, "memory": self.memory, "reference_batch_size": self.reference_batch_size,
-                    "seed": self.seed, "buffer": self.buffer.state()}, path)
-
-    @classmethod
-    def load(cls, path: str | Path, map_location: Any = None) -> "AGEM":
-        state = torch.load(path, weights_only=True)
-        method = cls(state["memory"], reference_batch_size=state["reference_batch_size"], seed=state["seed"])
-        method.buffer, method._loaded = ReplayBuffer.from_state(state["buffer"]), True
-        return method
+    def _init_kwargs(self) -> dict[str, Any]:
+        return {"memory": self.memory, "reference_batch_size": self.reference_batch_size, "seed": self.seed}

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["ReplayBuffer", "rows_of", "REPLAY_BUFFER"]
+__all__ = ["ReplayBuffer", "WithMemory", "rows_of", "REPLAY_BUFFER"]
 
 REPLAY_BUFFER = "replay_buffer.pt"
 Row = dict[str, torch.Tensor]
@@ -122,3 +122,36 @@ class ReplayBuffer:
     @classmethod
     def load(cls, path: str | Path) -> "ReplayBuffer":
         return cls.from_state(torch.load(path, weights_only=True))
+
+
+class WithMemory:
+    """What ER and A-GEM share about their memory: its bytes, its summary in ``describe``, and saving it with the
+    hyper-parameters (``_init_kwargs``) so that ``load`` rebuilds the method with the memory exactly as it was."""
+
+    state_file = REPLAY_BUFFER
+    buffer: ReplayBuffer | None = None
+    _loaded = False  # a loaded memory carries on where it was saved (prepare keeps it)
+
+    def _init_kwargs(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def state_bytes(self) -> int:
+        return 0 if self.buffer is None else self.buffer.nbytes
+
+    def memory_info(self) -> dict[str, Any]:
+        """Capacity, rows held (per task id) and bytes, for ``describe`` (empty before ``prepare``)."""
+        if self.buffer is None:
+            return {}
+        return {"memory_rows": self.buffer.capacity, "rows_held": len(self.buffer), "rows_per_task": self.buffer.tasks(),
+                "buffer_bytes": self.buffer.nbytes}
+
+    def save(self, path: str | Path) -> None:
+        """The memory (rows, reservoir count and generator state) and the hyper-parameters, in one file."""
+        torch.save({"method": self.name, "hparams": self._init_kwargs(), "buffer": self.buffer.state()}, path)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: Any = None):
+        state = torch.load(path, weights_only=True)
+        method = cls(**state["hparams"])
+        method.buffer, method._loaded = ReplayBuffer.from_state(state["buffer"]), True
+        return method

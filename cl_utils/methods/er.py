@@ -10,14 +10,13 @@ Hooks: ``prepare`` (the memory's size) and ``loss``. The memory can be saved nex
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..benchmark import Benchmark
 from .base import Method
-from .buffer import REPLAY_BUFFER, ReplayBuffer, rows_of
+from .buffer import ReplayBuffer, WithMemory, rows_of
 
 __all__ = ["ER", "memory_rows"]
 
@@ -35,7 +34,7 @@ def check_memory(name: str, memory: float) -> float:
     return float(memory)
 
 
-class ER(Method):
+class ER(WithMemory, Method):
     """Experience replay with a reservoir memory.
 
     Args:
@@ -49,7 +48,6 @@ class ER(Method):
 
     name = "er"
     label_hparams = {"memory": "M"}
-    state_file = REPLAY_BUFFER
 
     def __init__(self, memory: float = 0.05, *, replay_batch_size: int | None = None, seed: int = 0) -> None:
         self.memory = check_memory("ER", memory)
@@ -58,7 +56,6 @@ class ER(Method):
         self.replay_batch_size, self.seed = replay_batch_size, seed
         self.buffer: ReplayBuffer | None = None
         self._collate = None
-        self._loaded = False
 
     def prepare(self, model: torch.nn.Module, benchmark: Benchmark) -> torch.nn.Module:
         if not self._loaded:  # a loaded memory (ER.load) carries on where it was saved
@@ -79,24 +76,8 @@ class ER(Method):
         self.buffer.reservoir(rows)
         return loss
 
-    def state_bytes(self) -> int:
-        return 0 if self.buffer is None else self.buffer.nbytes
-
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"memory": self.memory, "replay_batch_size": self.replay_batch_size}
-        if self.buffer is not None:
-            out.update(memory_rows=self.buffer.capacity, rows_held=len(self.buffer), rows_per_task=self.buffer.tasks(),
-                       buffer_bytes=self.buffer.nbytes)
-        return out
+        return {"memory": self.memory, "replay_batch_size": self.replay_batch_size, **self.memory_info()}
 
-    def save(self, path: str | Path) -> None:
-        """The memory (rows, reservoir count and generator state) and the hyper-parameters."""
-        torch.save({"method": self.name, "memory": self.memory, "replay_batch_size": self.replay_batch_size,
-                    "seed": self.seed, "buffer": self.buffer.state()}, path)
-
-    @classmethod
-    def load(cls, path: str | Path, map_location: Any = None) -> "ER":
-        state = torch.load(path, weights_only=True)
-        method = cls(state["memory"], replay_batch_size=state["replay_batch_size"], seed=state["seed"])
-        method.buffer, method._loaded = ReplayBuffer.from_state(state["buffer"]), True
-        return method
+    def _init_kwargs(self) -> dict[str, Any]:
+        return {"memory": self.memory, "replay_batch_size": self.replay_batch_size, "seed": self.seed}
