@@ -3,8 +3,9 @@
 Name: ``<benchmark>__<method>.json`` for seed 0 and ``<benchmark>__<method>__seed<k>.json`` otherwise.
 Every file holds profile, benchmark, method, seed, tasks, R, b, the extra columns, metrics,
 trainable_params, train_seconds (closing_seconds apart), whether the method was told the task at test time
-(task_identity), the valid scores of a run a choice was made from (``valid``, else null), the version of the
-splits it was scored on (``splits_version``: files from older splits are left out when read) and package versions.
+(task_identity), what the stream reused from an earlier one (``reused``, see cl_utils.reuse), the valid scores of
+a run a choice was made from (``valid``, else null), the version of the splits it was scored on
+(``splits_version``: files from older splits are left out when read) and package versions.
 Every score in R, b and the extra columns is on the ``test`` splits. Writes are atomic.
 """
 from __future__ import annotations
@@ -72,7 +73,7 @@ def save_results(result: StreamResult, *, profile: Profile, benchmark: str, seed
         "metrics": result.metrics(), "trainable_params": result.trainable_params,
         "total_params": result.total_params, "train_seconds": result.train_seconds,
         "closing_seconds": result.closing_seconds, "state_bytes": result.state_bytes,
-        "task_identity": result.task_identity,
+        "task_identity": result.task_identity, "reused": result.reused,
         "task_heads": result.task_heads, "valid": result.valid,
         "hparams": result.hparams, "losses": result.losses, "versions": package_versions(),
         "profile_config": profile_dict(profile), "splits_version": SPLIT_VERSION, **(extra or {}),
@@ -92,7 +93,7 @@ def result_from_dict(data: dict[str, Any]) -> StreamResult:
                         data["trainable_params"], data["total_params"], data.get("losses", []),
                         data.get("hparams", {}), data["benchmark"], task_identity=data.get("task_identity", False),
                         task_heads=data.get("task_heads", False), closing_seconds=data.get("closing_seconds", 0.0),
-                        valid=data.get("valid"), state_bytes=data.get("state_bytes"))
+                        valid=data.get("valid"), state_bytes=data.get("state_bytes"), reused=data.get("reused", []))
 
 
 def load_results(profile: str, benchmark: str | None = None, method: str | None = None, *,

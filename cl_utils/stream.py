@@ -25,6 +25,7 @@ from .methods import Method, task_head
 from .metrics import summary
 from .models import count_parameters
 from .repro import set_seed
+from .reuse import before_scores, first_task
 from .training import autocast, move, train_steps
 
 __all__ = ["StreamResult", "score_split", "evaluate_columns", "evaluate_valid", "param_groups", "run_stream", "run_joint"]
@@ -50,6 +51,8 @@ class StreamResult:
     valid: list[float] | None = None  # each stream task's valid score after the whole stream (run with valid=True)
     state_bytes: int | None = 0  # what the method keeps besides the model (buffer, teacher, importances); None: not
     # recorded (a results file written before it was)
+    reused: list[str] = field(default_factory=list)  # work kept from an earlier stream, the same bit for bit
+    # (cl_utils.reuse): "before" (the untouched model's scores), "first_task" (naive's first task)
 
     @property
     def R(self) -> np.ndarray:
@@ -112,8 +115,11 @@ def evaluate_valid(model: torch.nn.Module, method: Method, benchmark: Benchmark,
             for task_id, task in enumerate(benchmark.tasks)]
 
 
-def _before(model, benchmark, batch_size, device) -> list[float]:
-    return evaluate_columns(model, Method(), benchmark, batch_size=batch_size, device=device)
+def _before(model, benchmark, batch_size, device) -> tuple[list[float], bool]:
+    """The untouched model's test scores (the same for every method and stream: kept once, cl_utils.reuse)."""
+    return before_scores(model, [c.test for c in benchmark.columns], batch_size,
+                         lambda: evaluate_columns(model, Method(), benchmark, batch_size=batch_size, device=device),
+                         tag=f"{benchmark.name}:{benchmark.score_name}")
 
 
 def param_groups(model: torch.nn.Module, params: list[torch.nn.Parameter], benchmark: Benchmark,
@@ -135,7 +141,8 @@ def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spe
     the tasks' ``valid`` splits once at the end when ``valid``. ``head_lr``: see the module docstring."""
     device = next(model.parameters()).device
     set_seed(seed)
-    rows = [_before(model, benchmark, eval_batch_size, device)]
+    before, kept = _before(model, benchmark, eval_batch_size, device)
+    rows, reused = [before], ["before"] if kept else []
     model = method.prepare(model, benchmark)
     trained: dict[int, torch.nn.Parameter] = {}  # holding the parameters keeps their ids unique
     losses, seconds, closing = [], 0.0, 0.0
@@ -146,12 +153,22 @@ def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spe
         trained.update({id(p): p for p in params})
 
         model.train()
-        log = train_steps(lambda batch, t=task_id: method.loss(model, batch, t),
-                          param_groups(model, params, benchmark, head_lr),
-                          benchmark.loader(task.train, spec.batch_size, shuffle=True, seed=seed * 1000 + task_id),
-                          spec, device=device, desc=f"{method.label} · task {task_id + 1}/{T} ({task.name})",
-                          progress=progress, after_backward=lambda t=task_id: method.after_backward(model, t),
-                          after_step=lambda t=task_id: method.after_step(model, t))
+        groups = param_groups(model, params, benchmark, head_lr)
+        loader_seed = seed * 1000 + task_id
+        loader = benchmark.loader(task.train, spec.batch_size, shuffle=True, seed=loader_seed)
+
+        def train(t=task_id, groups=groups, loader=loader):
+            return train_steps(lambda batch: method.loss(model, batch, t), groups, loader, spec, device=device,
+                               desc=f"{method.label} · task {t + 1}/{T} ({task.name})", progress=progress,
+                               after_backward=lambda: method.after_backward(model, t),
+                               after_step=lambda: method.after_step(model, t))
+
+        if task_id == 0 and method.first_task_as_naive(benchmark):  # the same steps as naive's: kept once
+            log, kept = first_task(model, groups, loader, spec, loader_seed, train, progress=progress,
+                                   tag=f"{benchmark.name}:{task.name}")
+            reused += ["first_task"] if kept else []
+        else:
+            log = train()
         start = time.perf_counter()
         method.end_task(model, task_id, task, benchmark)  # e.g. EWC's Fisher pass: part of the method's cost
         losses.append(log.losses)
@@ -164,7 +181,7 @@ def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spe
                         np.array(rows), seconds, sum(p.numel() for p in trained.values()), count_parameters(model),
                         losses, method.describe(), benchmark.name, model,
                         task_identity=method.needs_task_id or benchmark.task_heads, task_heads=benchmark.task_heads,
-                        closing_seconds=closing, valid=valid_scores, state_bytes=method.state_bytes())
+                        closing_seconds=closing, valid=valid_scores, state_bytes=method.state_bytes(), reused=reused)
 
 
 def run_joint(model: torch.nn.Module, benchmark: Benchmark, spec: TrainSpec, *, seed: int,
@@ -181,7 +198,7 @@ def run_joint(model: torch.nn.Module, benchmark: Benchmark, spec: TrainSpec, *, 
     device = next(model.parameters()).device
     set_seed(seed)
     T = len(benchmark.tasks)
-    before = _before(model, benchmark, eval_batch_size, device)
+    before, kept = _before(model, benchmark, eval_batch_size, device)
     union = ConcatDataset([t.train for t in benchmark.tasks])
     weights = torch.cat([torch.full((len(t.train),), 1.0 / len(t.train)) for t in benchmark.tasks])
     sampler = WeightedRandomSampler(weights, num_samples=len(union), replacement=True,
@@ -200,4 +217,4 @@ def run_joint(model: torch.nn.Module, benchmark: Benchmark, spec: TrainSpec, *, 
                         np.array([before, *([nan] * (T - 1)), final]), log.seconds,
                         count_parameters(model, trainable_only=True), count_parameters(model), [log.losses],
                         {"steps": budget.steps}, benchmark.name, model, task_identity=benchmark.task_heads,
-                        task_heads=benchmark.task_heads, valid=valid_scores)
+                        task_heads=benchmark.task_heads, valid=valid_scores, reused=["before"] if kept else [])

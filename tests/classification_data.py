@@ -41,9 +41,10 @@ def small_benchmark(n_train: int = 24, n_eval: int = 12) -> Benchmark:
     return Benchmark(b.name, tasks, [], b.score, b.score_name, b.collate, task_heads=True)
 
 
-def tiny_classifier(num_labels=(4, 3), seed: int = 0, vocab_size: int | None = None) -> MultiHeadClassifier:
+def tiny_classifier(num_labels=(4, 3), seed: int = 0, vocab_size: int | None = None,
+                    dropout: float = 0.0) -> MultiHeadClassifier:
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=vocab_size or len(tokenizer()), hidden_size=16, num_hidden_layers=2,
                      num_attention_heads=2, intermediate_size=32, max_position_embeddings=128, pad_token_id=0,
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, task_num_labels=list(num_labels))
+                     hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, task_num_labels=list(num_labels))
     return MultiHeadClassifier(cfg)

@@ -64,7 +64,7 @@ class AGEM(WithMemory, Method):
         self.reference_batch_size, self.seed = reference_batch_size, seed
         self.buffer: ReplayBuffer | None = None
         self.per_task = 0
-        self.steps = self.projected = 0  # steps trained, and those whose gradient was projected
+        self.steps = self.projected = 0  # steps trained with a memory to compare with, and those projected
         self._collate = None
         self._batch_size = 1
 
@@ -84,15 +84,19 @@ class AGEM(WithMemory, Method):
         picked = torch.randperm(len(task.train), generator=generator)[: self.per_task].tolist()
         self.buffer.extend([{k: v.clone() for k, v in task.train[i].items()} for i in picked])
 
+    def first_task_as_naive(self, benchmark: Benchmark) -> bool:
+        """The memory is empty until the first task ends: its steps are naive's."""
+        return True
+
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], task_id: int) -> torch.Tensor:
         self._batch_size = batch["input_ids"].shape[0]
         self._device = batch["input_ids"].device
         return super().loss(model, batch, task_id)
 
     def after_backward(self, model: torch.nn.Module, task_id: int) -> None:
-        self.steps += 1
-        if not len(self.buffer):
+        if not len(self.buffer):  # the first task: nothing to compare with, naive's step
             return
+        self.steps += 1
         params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
         ref = self.buffer.batch(self.reference_batch_size or self._batch_size, self._collate)
         ref = {k: v.to(self._device) for k, v in ref.items()}

@@ -29,6 +29,9 @@ progressive_prompts    ``prepare``, ``begin_task``, ``parameters``, ``forward``,
 lora_*, olora*         ``prepare``, ``begin_task``, ``parameters``, ``forward``, ``end_task``; ``penalty`` (O-LoRA)
 linear_probe           ``prepare``, ``parameters``, ``end_task``
 =====================  ==========================================================================================
+
+``first_task_as_naive(benchmark)`` is True for naive, ewc, online_ewc, mas, agem, and lwf with one head per task:
+their first task trains exactly as naive's, so a stream reuses naive's (:mod:`cl_utils.reuse`, bit for bit).
 """
 from __future__ import annotations
 
@@ -124,6 +127,12 @@ class Method:
 
     def end_task(self, model: torch.nn.Module, task_id: int, task: Task, benchmark: Benchmark) -> None:
         """Called after training task ``task_id``, before it is evaluated."""
+
+    def first_task_as_naive(self, benchmark: Benchmark) -> bool:
+        """Whether this method trains the first task exactly as naive does (same parameters, loss and gradients, no
+        hook that changes them or keeps anything during training), so a stream may reuse naive's first task
+        (:mod:`cl_utils.reuse`). False unless a method says so; ``tests/test_reuse.py`` checks every one that does."""
+        return False
 
     def describe(self) -> dict[str, Any]:
         """Hyper-parameters recorded in the results file."""

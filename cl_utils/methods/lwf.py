@@ -73,6 +73,11 @@ class LwF(Method):
         if task_id == self._n_tasks - 1:  # no later task distils from it: free the copy
             self.teacher = None
 
+    def first_task_as_naive(self, benchmark) -> bool:
+        """With one head per task there is no old head to distil during the first task: its steps are naive's. On
+        the LM the first task already distils from the pretrained model (the teacher of the first task)."""
+        return bool(benchmark.task_heads)
+
     def distillation(self, model: torch.nn.Module, out: Any, batch: dict[str, torch.Tensor],
                      task_id: int) -> torch.Tensor:
         """The KL term (before ``alpha``) of the current batch, whose student outputs are ``out``."""

@@ -154,6 +154,11 @@ class QuadraticPenalty(Method):
             self._constant += float(sum((f * (a - m).square()).sum() for f, a in f64))
             self._merged[name] = (s.to(pairs[0][0].dtype), m.to(pairs[0][1].dtype))
 
+    def first_task_as_naive(self, benchmark: Benchmark) -> bool:
+        """No penalty before the first consolidation (``penalty`` is None): the first task is naive's. SI, which
+        accumulates its path integral while training, says otherwise."""
+        return True
+
     # -- training --------------------------------------------------------------------------------------
     def penalty(self, model: torch.nn.Module, task_id: int) -> torch.Tensor | None:
         """``(lam / 2) * sum Ω (θ - θ*)^2`` as a scalar tensor; None before any task was consolidated.

@@ -52,6 +52,10 @@ class SI(QuadraticPenalty):
         self._grad: Tensors = {}  # the task loss's gradient of the current step
         self._omega: Tensors = {}  # ω, the running path integral
 
+    def first_task_as_naive(self, benchmark: Benchmark) -> bool:
+        """The first task's steps are naive's, but SI reads every one of them (the path integral): it trains them."""
+        return False
+
     def begin_task(self, model: torch.nn.Module, task_id: int, task: Task) -> None:
         named = dict(model.named_parameters())
         self._params = {n: named[n] for n in protected_parameter_names(model)}
