@@ -12,7 +12,9 @@ PROFILE ?= embedded
 SEEDS ?= 0
 BENCHMARKS ?= lm classification
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
-METHOD_NOTEBOOKS := $(filter-out notebooks/05_evaluation.ipynb,$(NOTEBOOKS))
+# 05 compares every saved result and 07 (attention and context) is no forgetting stream: each runs once per profile.
+ONCE_NOTEBOOKS := notebooks/05_evaluation.ipynb notebooks/07_attention_and_context.ipynb
+METHOD_NOTEBOOKS := $(filter-out $(ONCE_NOTEBOOKS),$(NOTEBOOKS))
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -35,7 +37,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 setup: $(VENV)/.installed
 
 # Notebooks 01-04 and 06 run once per benchmark and seed (runs/<profile>/<nb>__<benchmark>[__seed<k>].ipynb);
-# 05_evaluation runs once at the end and compares everything that was saved.
+# 05_evaluation then runs once and compares everything that was saved; 07_attention_and_context runs once last.
 reproduce: setup
 	@set -e; start=$$(date +%s); \
 	run() { echo "=== $$1 -> $$2"; t0=$$(date +%s); mkdir -p runs/$(PROFILE); \
@@ -49,6 +51,7 @@ reproduce: setup
 	  done; done; \
 	  echo "=== benchmark $$bench done after $$(( $$(date +%s) - start )) s"; done; \
 	run 05_evaluation runs/$(PROFILE)/05_evaluation.ipynb -y "BENCHMARKS: [$$(echo $(BENCHMARKS) | sed 's/ /, /g')]"; \
+	run 07_attention_and_context runs/$(PROFILE)/07_attention_and_context.ipynb -p SEED 0; \
 	echo "=== all notebooks done in $$(( $$(date +%s) - start )) s; results in runs/$(PROFILE)/results, figures in figures/$(PROFILE)"
 
 # Unit tests and smoke runs of every notebook, then the nbval regression check of the golden copies.
@@ -56,11 +59,11 @@ test: setup
 	$(PY) -m pytest
 	$(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/golden/sanitize.cfg --nbval-current-env -p no:cacheprovider tests/golden
 
-# Regenerate tests/golden/ (smoke profile, every notebook, 05 last, one shared fresh runs folder): the executed notebooks
-# (nbval compares their checked cells as text) and their results files (compared with a tolerance). Deliberate only:
-# review `git diff tests/golden` before committing, since these copies define what the regression check expects.
+# Regenerate tests/golden/ (smoke profile, every notebook, 05 then 07 last, one shared fresh runs folder): the executed
+# notebooks (nbval compares their checked cells as text) and their results files (compared with a tolerance). Deliberate
+# only: review `git diff tests/golden` before committing, since these copies define what the regression check expects.
 golden: setup
-	@set -e; tmp=$$(mktemp -d); for nb in $(METHOD_NOTEBOOKS) notebooks/05_evaluation.ipynb; do echo "=== $$nb"; \
+	@set -e; tmp=$$(mktemp -d); for nb in $(METHOD_NOTEBOOKS) $(ONCE_NOTEBOOKS); do echo "=== $$nb"; \
 	  CL_RUNS_DIR=$$tmp/runs CL_FIGURES_DIR=$$tmp/figures $(PY) -m papermill $$nb tests/golden/$$(basename $$nb) \
 	    -k python3 --cwd notebooks --no-progress-bar -p PROFILE smoke -p SEED 0; done; \
 	$(PY) tests/golden/strip_images.py tests/golden/*.ipynb; \

@@ -38,7 +38,7 @@ from .training import train_steps
 # Loading a 1M-parameter model needs no progress bar; ours (tqdm in training) are the ones that matter.
 hf_logging.disable_progress_bar()
 
-__all__ = ["BaseModel", "load_base", "default_device", "count_parameters", "is_causal_lm"]
+__all__ = ["BaseModel", "load_base", "load_tokenizer", "default_device", "count_parameters", "is_causal_lm"]
 
 _CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 _MODEL_VERSION = 1  # bump when pretraining code changes, to invalidate cached base models
@@ -94,6 +94,12 @@ def _tokenizer(profile: Profile) -> tuple[PreTrainedTokenizerFast, str]:
 
     path = cached_dir(cache_dir() / f"tokenizer-{key}", build)
     return PreTrainedTokenizerFast.from_pretrained(path), key
+
+
+def load_tokenizer(profile: Profile) -> tuple[PreTrainedTokenizerFast, str]:
+    """The byte-level BPE of a config-built profile (trained on its pretraining corpus once, cached) and its key,
+    without loading or pretraining the base model."""
+    return _tokenizer(profile)
 
 
 def _config_fields(model: ModelSpec) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 The `lm` benchmark of every notebook runs in the nbval regression check (tests/golden, second step of
 `make test`), which also checks what those runs leave behind. Here: the `classification` benchmark of 01-04 and 06,
-then 05_evaluation, which must show classification and say that the lm results are missing.
+then 05_evaluation, which must show classification and say that the lm results are missing, then
+07_attention_and_context, which has no benchmark (it measures attention and extends a RoPE twin's context).
 """
 import json
+import math
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ EXPECTED = {
     "06_replay_and_distillation": (["er", "agem", "lwf"], ["er_memory_sweep", "replay_and_distillation"]),
 }
 COMPARISON_FIGURES = ["comparison_matrices", "comparison_trajectories", "comparison_transfer"]
+ONCE = ["05_evaluation", "07_attention_and_context"]  # notebooks run once per profile, not per benchmark and seed
 
 
 def check_outputs(notebook: str, benchmark: str, profile: str = "smoke", n_tasks: int = 3) -> None:
@@ -49,7 +52,7 @@ def execute(nb: Path, out: Path, **parameters) -> float:
 
 def test_every_notebook_is_covered():
     assert NOTEBOOKS, "no notebooks found"
-    assert {nb.stem for nb in NOTEBOOKS} == {*EXPECTED, "05_evaluation"}
+    assert {nb.stem for nb in NOTEBOOKS} == {*EXPECTED, *ONCE}
 
 
 @pytest.mark.notebook
@@ -78,6 +81,42 @@ def test_evaluation_notebook_compares_what_exists(tmp_path):
     for name in COMPARISON_FIGURES:
         assert (figures_dir("smoke") / f"classification__{name}.png").stat().st_size > 10_000
         assert not (figures_dir("smoke") / f"lm__{name}.png").exists()
+
+
+@pytest.mark.notebook
+def test_attention_and_context_notebook_on_smoke(tmp_path):
+    """07 on smoke: both results files with the keys the issue names and values that can fail, and its figures."""
+    nb = ROOT / "notebooks" / "07_attention_and_context.ipynb"
+    elapsed = execute(nb, tmp_path / nb.name)
+    scaling = json.loads((results_dir("smoke") / "attention_scaling.json").read_text())
+    n = len(scaling["lengths"])
+    assert scaling["lengths"] == [32, 64, 128, 256]
+    for name in ("eager", "sdpa", "sdpa_math", "sdpa_flash"):
+        assert len(scaling[name]["seconds"]) == n and len(scaling[name]["peak_memory"]) == n
+        assert scaling[name]["seconds"][0] > 0 and set(scaling["exponents"][name]) >= {"seconds", "peak_memory"}
+    # eager holds heads x n x n float scores at the longest length; the fused kernel does not
+    assert scaling["eager"]["peak_memory"][-1] >= 2 * 256 ** 2 * 4 > scaling["sdpa_flash"]["peak_memory"][-1]
+    assert scaling["exponents"]["eager"]["peak_memory"] > 1.5 > scaling["exponents"]["sdpa_flash"]["peak_memory"]
+    assert scaling["kernels"]["sdpa_math"] == ["math"] and scaling["kernels"]["sdpa_flash"] == ["flash (CPU)"]
+    assert scaling["crossover"]["analytic (FLOPs)"] == pytest.approx(6 * 32)
+    context = json.loads((results_dir("smoke") / "context_extension.json").read_text())
+    L = context["train_context"]
+    assert L == 32 and context["lengths"] == [32, 64, 128, 256] and context["heldout_split"] == "test"
+    assert set(context["ppl"]) == {"none", "linear", "dynamic", "yarn", "ntk_trained"}
+    assert set(context["finetuned"]) == {"linear", "yarn"}
+    for values in (*context["ppl"].values(), *context["finetuned"].values(), context["control"]):
+        assert len(values) == len(context["lengths"]) and all(1 < v < 2 * 512 for v in values)  # vocabulary 512
+    assert context["ppl"]["dynamic"][0] == pytest.approx(context["ppl"]["none"][0], rel=1e-6)  # no scaling up to L
+    for name in ("linear", "yarn"):
+        assert context["short_context"][name] == {"before": context["ppl"][name][0],
+                                                  "after": context["finetuned"][name][0]}
+        R = context["R"][f"extend_{name}"]["R"]
+        assert len(R) == 2 and all(len(row) == 2 and all(math.isfinite(x) for x in row) for row in R)
+        assert R[1][0] == pytest.approx(-math.log(context["finetuned"][name][0]))
+    for name in ("attention__layer_scaling", "attention__model_scaling", "attention__crossover", "context__perplexity",
+                 "context__position_nll", "context__extension_matrices"):
+        assert (figures_dir("smoke") / f"{name}.png").stat().st_size > 10_000
+    assert elapsed < 120, f"07 took {elapsed:.0f} s on the smoke profile"
 
 
 def test_golden_copies_match_the_notebooks():
