@@ -91,10 +91,12 @@ class Experiment:
             result.hparams["train.head_lr"] = heads
         return result
 
-    def save(self, result: StreamResult, *, sweep: str | None = None, **extra: Any) -> Path:
-        """Write ``result`` (atomically) to ``runs/<profile>/results/``; ``sweep`` files it under ``sweeps/``."""
+    def save(self, result: StreamResult, *, sweep: str | None = None, folder: Path | None = None,
+             **extra: Any) -> Path:
+        """Write ``result`` (atomically) to ``runs/<profile>/results/`` (or ``folder``); ``sweep`` files it under
+        ``sweeps/``."""
         return save_results(result, profile=self.profile, benchmark=self.benchmark.name, seed=self.seed,
-                            extra=extra or None, sweep=sweep)
+                            extra=extra or None, sweep=sweep, folder=folder)
 
     def baseline(self, method: str = "naive") -> StreamResult:
         """A result saved by an earlier notebook (same profile, benchmark and seed); run here if missing."""

@@ -61,8 +61,9 @@ def _nan_to_none(a: np.ndarray) -> list:
 
 
 def save_results(result: StreamResult, *, profile: Profile, benchmark: str, seed: int,
-                 extra: dict[str, Any] | None = None, sweep: str | None = None) -> Path:
-    """Write ``result`` atomically and return the path."""
+                 extra: dict[str, Any] | None = None, sweep: str | None = None, folder: Path | None = None) -> Path:
+    """Write ``result`` atomically and return the path; ``folder``: there instead of ``runs/<profile>/results``
+    (``sweeps/`` inside it for a sweep point)."""
     T = len(result.tasks)
     data = {
         "profile": profile.name, "benchmark": benchmark, "method": result.method, "seed": seed,
@@ -78,7 +79,10 @@ def save_results(result: StreamResult, *, profile: Profile, benchmark: str, seed
         "hparams": result.hparams, "losses": result.losses, "versions": package_versions(),
         "profile_config": profile_dict(profile), "splits_version": SPLIT_VERSION, **(extra or {}),
     }
-    return atomic_write_json(results_path(profile.name, benchmark, result.method, seed, sweep=sweep), data)
+    path = results_path(profile.name, benchmark, result.method, seed, sweep=sweep)
+    if folder is not None:
+        path = Path(folder) / path.relative_to(results_dir(profile.name))
+    return atomic_write_json(path, data)
 
 
 def result_from_dict(data: dict[str, Any]) -> StreamResult:
