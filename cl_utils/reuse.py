@@ -3,7 +3,8 @@
 Every stream starts by scoring the pretrained model (row ``b`` of the score matrix), the same for every method. And
 a method that trains its first task exactly as naive does (EWC, online EWC and MAS have no anchor yet, A-GEM no
 memory, LwF on classification no old head: ``Method.first_task_as_naive``) starts with the same optimiser steps as
-naive. Both are deterministic functions of their inputs, so they are computed once and kept under
+naive, and, where its end-of-task work leaves the weights alone and it scores through the plain forward, with the
+same scores right after them. Both are deterministic functions of their inputs, so they are computed once and kept under
 ``runs/cache/reuse/``, keyed by a hash of everything they read:
 
 - the model's weights and buffers, the data (the test columns; the first task's training rows), the batch sizes, the
@@ -149,8 +150,9 @@ def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def before_scores(model: torch.nn.Module, columns: list, batch_size: int, compute: Callable[[], list[float]],
-                  *, tag: str) -> tuple[list[float], bool]:
-    """``compute()`` (the untouched model's test scores) or the kept copy of its result; and whether it was kept.
+                  *, tag: str, kind: str = "before") -> tuple[list[float], bool]:
+    """``compute()`` (the model's test scores through its plain forward: the untouched model's, or ``kind=
+    "after-first"`` right after naive's first task) or the kept copy of its result; and whether it was kept.
 
     ``columns``: the test datasets it scores; ``tag``: what else tells two computations apart (the benchmark and
     its score function)."""
@@ -158,7 +160,7 @@ def before_scores(model: torch.nn.Module, columns: list, batch_size: int, comput
         return compute(), False
     device = next(model.parameters()).device
     rng = _rng_state()
-    key = _key("before", _environment(device), tag, batch_size, _model_state(model), columns, _rng_key(rng))
+    key = _key(kind, _environment(device), tag, batch_size, _model_state(model), columns, _rng_key(rng))
     path = _folder() / f"{key}.pt" if key else None
     if path is not None and path.exists():
         kept = torch.load(path, weights_only=False)

@@ -52,7 +52,8 @@ class StreamResult:
     state_bytes: int | None = 0  # what the method keeps besides the model (buffer, teacher, importances); None: not
     # recorded (a results file written before it was)
     reused: list[str] = field(default_factory=list)  # work kept from an earlier stream, the same bit for bit
-    # (cl_utils.reuse): "before" (the untouched model's scores), "first_task" (naive's first task)
+    # (cl_utils.reuse): "before" (the untouched model's scores), "first_task" (naive's first task), "first_row"
+    # (the scores right after it)
 
     @property
     def R(self) -> np.ndarray:
@@ -175,7 +176,15 @@ def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spe
         end_seconds = time.perf_counter() - start
         seconds += log.seconds + (end_seconds if task_id < T - 1 else 0.0)
         closing = end_seconds if task_id == T - 1 else closing
-        rows.append(evaluate_columns(model, method, benchmark, batch_size=eval_batch_size, device=device))
+        score = lambda: evaluate_columns(model, method, benchmark, batch_size=eval_batch_size, device=device)  # noqa: E731
+        if task_id == 0 and method.first_task_as_naive(benchmark) and type(method).forward is Method.forward:
+            # naive's weights (unless end_task changed them: then the key differs) through the plain forward
+            row, kept = before_scores(model, [c.test for c in benchmark.columns], eval_batch_size, score,
+                                      tag=f"{benchmark.name}:{benchmark.score_name}", kind="after-first")
+            reused += ["first_row"] if kept else []
+        else:
+            row = score()
+        rows.append(row)
     valid_scores = evaluate_valid(model, method, benchmark, batch_size=eval_batch_size, device=device) if valid else None
     return StreamResult(method.name, [t.name for t in benchmark.tasks], [t.name for t in benchmark.extra],
                         np.array(rows), seconds, sum(p.numel() for p in trained.values()), count_parameters(model),

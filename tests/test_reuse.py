@@ -64,7 +64,7 @@ def test_streams_that_reuse_give_the_same_numbers_bit_for_bit(bench_name, kept, 
         method = factory()
         shares = method.first_task_as_naive(bench)
         result = _run(make, bench, method)
-        assert result.reused == (["before", "first_task"] if shares else ["before"]), name
+        assert result.reused == (["before", "first_task", "first_row"] if shares else ["before"]), name
         _assert_same(result, redone[name])
         if shares:  # the claim itself, checked on the stream that recomputed everything
             assert redone[name].losses[0] == redone["naive"].losses[0], name
@@ -75,7 +75,7 @@ def test_streams_that_reuse_give_the_same_numbers_bit_for_bit(bench_name, kept, 
 def test_a_different_seed_budget_or_model_is_recomputed(kept, tiny_tokenizer, tiny_benchmark):
     make = lambda: make_tiny_model(tiny_tokenizer)  # noqa: E731
     assert _run(make, tiny_benchmark, Naive()).reused == []
-    assert _run(make, tiny_benchmark, Naive()).reused == ["before", "first_task"]
+    assert _run(make, tiny_benchmark, Naive()).reused == ["before", "first_task", "first_row"]
     assert _run(make, tiny_benchmark, Naive(), seed=1).reused == []  # the RNG state is part of both keys
     other_lr = TrainSpec(steps=4, batch_size=8, lr=1e-3, warmup_steps=1)
     assert _run(make, tiny_benchmark, Naive(), spec=other_lr).reused == ["before"]
@@ -90,9 +90,9 @@ def test_a_different_seed_budget_or_model_is_recomputed(kept, tiny_tokenizer, ti
 def test_kept_first_task_reports_the_seconds_it_took(kept, tiny_tokenizer, tiny_benchmark):
     make = lambda: make_tiny_model(tiny_tokenizer)  # noqa: E731
     first, again = _run(make, tiny_benchmark, Naive()), _run(make, tiny_benchmark, EWC(1.0, fisher_examples=8))
-    assert again.reused == ["before", "first_task"]
+    assert again.reused == ["before", "first_task", "first_row"]
     files = sorted(p.name.split("-")[0] for p in kept.iterdir())
-    assert files == ["before", "first"], files
+    assert files == ["after", "before", "first"], files
     assert len(first.losses[0]) == len(again.losses[0]) == SPEC.steps
 
 
