@@ -9,10 +9,7 @@ import gc
 import math
 import os
 import statistics
-import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Callable, Iterable
@@ -22,6 +19,8 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
+
+from cl_utils.measure import quiet_profiler
 
 # The `embedded` profile's GPT-2 (cl_utils.config.ModelSpec defaults) and a tiny one for --quick.
 EMBEDDED = dict(vocab_size=4096, n_positions=256, n_embd=128, n_layer=4, n_head=4)
@@ -111,27 +110,8 @@ MEMORY_NOTE = ("peak memory: the most tensor memory held at once during one call
                "a training step, a fresh AdamW, so gradients, optimizer state, activations and temporaries all count")
 
 
-@contextmanager
-def _quiet_kineto():
-    """Kineto writes a USDT/STAGE line to fd 2 when it starts and stops: drop those, pass on the rest."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            for line in tmp.read().decode(errors="replace").splitlines(keepends=True):
-                if not line.startswith(("USDT:", "STAGE:")):
-                    sys.stderr.write(line)
-
-
 def _cpu_peak(fn: Step) -> float:
-    with _quiet_kineto(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)

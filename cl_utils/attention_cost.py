@@ -29,12 +29,11 @@ from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2Block, eag
 
 from .config import ModelSpec
 from .display import progress_bar
-from .measure import min_seconds, peak_memory, sdpa_kernels, torch_threads
+from .measure import Step, min_seconds, peak_memory, sdpa_kernels, torch_threads
 
 __all__ = ["Variant", "variants", "gpt2_config", "Sweep", "attention_layer_step", "model_step", "run_sweep",
            "layer_breakdown"]
 
-Step = Callable[[], object]
 
 
 @dataclass(frozen=True)

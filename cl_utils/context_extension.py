@@ -19,6 +19,7 @@ first ``W * longest`` tokens): ``exp`` of the mean next-token NLL over every pre
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +34,7 @@ from .repro import set_seed
 from .stream import StreamResult
 from .training import TrainLog, train_steps
 
-__all__ = ["SETTINGS", "rope_setting", "load_with_setting", "heldout_tokens", "check_lengths", "window_nll",
+__all__ = ["extend_native", "SETTINGS", "rope_setting", "load_with_setting", "heldout_tokens", "check_lengths", "window_nll",
            "evaluate_setting", "extension_finetune", "extension_result"]
 
 SETTINGS = ("none", "linear", "dynamic", "yarn")
@@ -163,3 +164,23 @@ def extension_result(setting: str, lengths: tuple[int, int], scores: np.ndarray,
     return StreamResult(method=f"extend_{setting}", tasks=tasks, extra=[], scores=scores, train_seconds=log.seconds,
                         trainable_params=parameters, total_params=parameters, losses=[[], log.losses],
                         hparams=hparams, benchmark="lm")
+
+
+def extend_native(folder: str | Path, test_docs: list[str], lengths: list[int], *, factor: float, windows: int,
+                  device: torch.device | str = "cpu") -> dict:
+    """A pretrained RoPE model (SmolLM2 converted from its GGUF) scored with plain RoPE and with YaRN at ``lengths``
+    (which may pass its own ``max_position_embeddings``) on held-out ``test_docs``, one window per batch: its own
+    context, the lengths, the held-out token count, the factor, the perplexities and the seconds per setting."""
+    from transformers import AutoTokenizer
+
+    train_context = AutoConfig.from_pretrained(folder).max_position_embeddings
+    tokens = heldout_tokens(test_docs, AutoTokenizer.from_pretrained(folder), max(lengths), windows)
+    out = {"train_context": train_context, "lengths": list(lengths), "tokens": len(tokens), "factor": factor,
+           "ppl": {}, "seconds": {}}
+    for setting in ("none", "yarn"):
+        start = time.perf_counter()
+        load = lambda n, s=setting: load_with_setting(folder, s, factor=factor,  # noqa: E731
+                                                      train_context=train_context, device=device)
+        out["ppl"][setting], _ = evaluate_setting(load, tokens, list(lengths), batch_size=1)
+        out["seconds"][setting] = time.perf_counter() - start
+    return out

@@ -21,7 +21,8 @@ from typing import Any, Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-__all__ = ["min_seconds", "peak_memory", "sdpa_kernels", "KERNEL_NAMES", "machine_info", "torch_threads"]
+__all__ = ["Step", "min_seconds", "peak_memory", "quiet_profiler", "sdpa_kernels", "KERNEL_NAMES", "machine_info",
+           "torch_threads"]
 
 Step = Callable[[], object]
 
@@ -77,7 +78,7 @@ def torch_threads(threads: int):
 
 
 @contextmanager
-def _quiet_profiler():
+def quiet_profiler():
     """The profiler's backend writes USDT/STAGE lines to file descriptor 2 when it starts and stops: drop those,
     pass on everything else."""
     sys.stderr.flush()
@@ -107,7 +108,7 @@ def peak_memory(fn: Step, device: torch.device | str = "cpu") -> float:
         fn()
         torch.cuda.synchronize(device)
         return float(torch.cuda.max_memory_allocated(device) - before)
-    with _quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
@@ -117,7 +118,7 @@ def peak_memory(fn: Step, device: torch.device | str = "cpu") -> float:
 def sdpa_kernels(fn: Step) -> list[str]:
     """Short names of the SDPA kernels that ran during one call of ``fn`` (empty: no SDPA call, e.g. eager)."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with _quiet_profiler(), profile(activities=activities) as prof:
+    with quiet_profiler(), profile(activities=activities) as prof:
         fn()
     return sorted({KERNEL_NAMES[e.name] for e in prof.events() if e.name in KERNEL_NAMES})
 

@@ -15,7 +15,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel,
@@ -25,7 +25,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.utils import logging as hf_logging
 
 from .cache import atomic_write_json, cached_dir
-from .config import ModelSpec, Profile, fingerprint
+from .config import ModelSpec, Profile, TrainSpec, fingerprint
 from .corpora import load_documents
 from .evaluation import lm_score
 from .hub import require_hub
@@ -38,7 +38,7 @@ from .training import train_steps
 # Loading a 1M-parameter model needs no progress bar; ours (tqdm in training) are the ones that matter.
 hf_logging.disable_progress_bar()
 
-__all__ = ["BaseModel", "load_base", "load_tokenizer", "default_device", "count_parameters", "is_causal_lm"]
+__all__ = ["BaseModel", "load_base", "load_tokenizer", "pretrain_and_save", "default_device", "count_parameters", "is_causal_lm"]
 
 _CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 _MODEL_VERSION = 1  # bump when pretraining code changes, to invalidate cached base models
@@ -107,6 +107,28 @@ def _config_fields(model: ModelSpec) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(model).items() if k not in ("package", "gguf_file")}
 
 
+def pretrain_and_save(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, task, spec: TrainSpec, folder: Path,
+                      *, seed: int, eval_batch_size: int, desc: str, progress: bool = True,
+                      after_step: Callable[[], None] | None = None, info: dict[str, Any] | None = None) -> None:
+    """Pretrain ``model`` on ``task.train`` (shuffled by ``seed``), score its ``task.test`` split (-NLL per token),
+    and write the model, the tokenizer and ``pretraining.json`` (losses, seconds, score, sizes, plus ``info``) to
+    ``folder``: what the base model and 07's RoPE twins are cached as."""
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(task.train, batch_size=spec.batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    model.train()
+    log = train_steps(lambda b: model(**b).loss, model.parameters(), loader, spec, device=device, desc=desc,
+                      progress=progress, after_step=after_step)
+    model.eval()
+    eval_loader = torch.utils.data.DataLoader(task.test, batch_size=eval_batch_size)
+    score = lm_score(lambda b: model(**{k: v.to(device) for k, v in b.items()}), eval_loader)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    atomic_write_json(folder / "pretraining.json", {
+        "corpus": task.name, "steps": spec.steps, "seconds": log.seconds, "losses": log.losses, "eval_score": score,
+        "parameters": count_parameters(model), "train_tokens": task.info["train_tokens"], **(info or {})})
+
+
 def load_base(profile: Profile, *, progress: bool = True) -> BaseModel:
     """Return the profile's pretrained base model, pretraining (or converting) and caching it on first use."""
     if profile.model.kind == "hub":
@@ -132,20 +154,8 @@ def load_base(profile: Profile, *, progress: bool = True) -> BaseModel:
         task = load_lm_corpus(profile.pretrain_corpus, tokenizer, profile.block_size, tok_key)
         set_seed(profile.pretrain_seed)
         model = _causal_lm_loss(GPT2LMHeadModel(_gpt2_config(profile, tokenizer))).to(device)
-        gen = torch.Generator().manual_seed(profile.pretrain_seed)
-        loader = torch.utils.data.DataLoader(task.train, batch_size=profile.pretrain.batch_size, shuffle=True,
-                                             generator=gen)
-        model.train()
-        log = train_steps(lambda b: model(**b).loss, model.parameters(), loader, profile.pretrain, device=device,
-                          desc=f"pretrain on {task.name}", progress=progress)
-        model.eval()
-        eval_loader = torch.utils.data.DataLoader(task.test, batch_size=profile.eval_batch_size)
-        score = lm_score(lambda b: model(**{k: v.to(device) for k, v in b.items()}), eval_loader)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / "pretraining.json", {
-            "corpus": task.name, "steps": profile.pretrain.steps, "seconds": log.seconds, "losses": log.losses,
-            "eval_score": score, "parameters": count_parameters(model), "train_tokens": task.info["train_tokens"]})
+        pretrain_and_save(model, tokenizer, task, profile.pretrain, tmp, seed=profile.pretrain_seed,
+                          eval_batch_size=profile.eval_batch_size, desc=f"pretrain on {task.name}", progress=progress)
 
     path = cached_dir(cache_dir() / f"base-{profile.name}-{key}", build)
     info = json.loads((path / "pretraining.json").read_text())

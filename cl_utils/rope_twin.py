@@ -28,16 +28,14 @@ from typing import Any, Callable
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from .cache import atomic_write_json, cached_dir
+from .cache import cached_dir
 from .config import Profile, TrainSpec, fingerprint, get_profile
 from .data import load_lm_corpus
 from .display import progress_bar
-from .evaluation import lm_score
-from .models import count_parameters, default_device, load_tokenizer
+from .models import default_device, load_tokenizer, pretrain_and_save
 from .paths import cache_dir
 from .repro import set_seed
 from .splits import SPLIT_VERSION
-from .training import train_steps
 
 __all__ = ["ntk_theta", "twin_config", "load_twin", "load_twins", "twin_init"]
 
@@ -104,22 +102,11 @@ def load_twin(profile_name: str, *, train_context: int, rope_theta: float, pretr
     def build(tmp: Path) -> None:
         task = load_lm_corpus(profile.pretrain_corpus, tokenizer, train_context, tok_key)  # train split only
         model = twin_init(config, profile.pretrain_seed).to(device)
-        gen = torch.Generator().manual_seed(profile.pretrain_seed)
-        loader = torch.utils.data.DataLoader(task.train, batch_size=pretrain.batch_size, shuffle=True,
-                                             generator=gen)
-        model.train()
-        log = train_steps(lambda b: model(**b).loss, model.parameters(), loader, pretrain, device=device,
-                          desc=f"pretrain RoPE twin (theta {rope_theta:g}) at L={train_context}", progress=progress,
-                          after_step=on_step)
-        model.eval()
-        eval_loader = torch.utils.data.DataLoader(task.test, batch_size=profile.eval_batch_size)
-        score = lm_score(lambda b: model(**{k: v.to(device) for k, v in b.items()}), eval_loader)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / "pretraining.json", {
-            "corpus": task.name, "train_context": train_context, "rope_theta": rope_theta, "steps": pretrain.steps,
-            "seconds": log.seconds, "losses": log.losses, "eval_score": score, "threads": torch.get_num_threads(),
-            "parameters": count_parameters(model), "train_tokens": task.info["train_tokens"]})
+        pretrain_and_save(model, tokenizer, task, pretrain, tmp, seed=profile.pretrain_seed,
+                          eval_batch_size=profile.eval_batch_size, progress=progress, after_step=on_step,
+                          desc=f"pretrain RoPE twin (theta {rope_theta:g}) at L={train_context}",
+                          info={"train_context": train_context, "rope_theta": rope_theta,
+                                "threads": torch.get_num_threads()})
 
     path = cached_dir(_twin_dir(profile, config, tok_key, pretrain), build)
     return path, tokenizer, json.loads((path / "pretraining.json").read_text())

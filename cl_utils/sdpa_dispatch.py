@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from .measure import min_seconds, peak_memory, sdpa_kernels, torch_threads
+from .measure import Step, min_seconds, peak_memory, sdpa_kernels, torch_threads
 
 __all__ = ["CASES", "dispatch_table", "refusal_reason"]
 
-Step = Callable[[], object]
 
 CASES = {
     "causal, no mask": "eval mode, no attention_mask: transformers passes no mask and is_causal=True",
