@@ -9,6 +9,7 @@ import gc
 import math
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from itertools import accumulate
@@ -139,8 +140,10 @@ def peak_memory(fn: Step, modules: Iterable[torch.nn.Module], device: str) -> fl
 class Row:
     """One line of the table: ``value`` against ``ref_value`` (the ``reference``), in ``unit``.
 
-    ``ratio`` is always the measured piece's cost over the reference's (time, or memory): > 1 costs more.
+    ``ratio`` is the measured piece's cost over the reference's (time, or memory): > 1 costs more; for ``kind``
+    ``"utilisation"`` it is ``value / ref_value``, a share of the reference's rate: higher is better.
     ``target`` is ``(op, bound)`` on that ratio, op ``"<="`` or ``">="``; None: a measurement without a target.
+    ``kind``: ``"time"``, ``"memory"`` or ``"utilisation"`` (benchmarks.bench_mfu).
     """
     name: str
     value: float
@@ -157,6 +160,15 @@ class Row:
             return "–"
         op, bound = self.target
         return "PASS" if (self.ratio <= bound if op == "<=" else self.ratio >= bound) else "FAIL"
+
+
+NOTES: list[str] = []  # printed under the table: what a benchmark skipped, and why
+
+
+def note(text: str) -> None:
+    """Record a line for under the table (and say it on stderr at once)."""
+    NOTES.append(text)
+    print(f"note: {text}", file=sys.stderr, flush=True)
 
 
 def _ratio(cost: float, ref_cost: float) -> float:

