@@ -21,7 +21,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 # papermill's kernel would draw widget bars, which its log and the executed notebooks cannot show (cl_utils/display.py)
 export CL_PROGRESS := text
 
-.PHONY: setup reproduce test golden bench clean-runs help smollm2 tune
+.PHONY: setup reproduce test test-distributed golden bench clean-runs help smollm2 tune
 
 help:
 	@sed -n '1,6p' Makefile
@@ -58,6 +58,11 @@ reproduce: setup
 test: setup
 	$(PY) -m pytest
 	$(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/golden/sanitize.cfg --nbval-current-env -p no:cacheprovider tests/golden
+
+# torchrun with 2 CPU processes (gloo, one thread each) against one process on the smoke profile, naive and EWC:
+# the same R within 1e-3 (tests/test_distributed.py). Kept out of `make test`: two torchrun runs and two one-process runs.
+test-distributed: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m distributed -p no:cacheprovider tests/test_distributed.py
 
 # Regenerate tests/golden/ (smoke profile, every notebook, 05 then 07 last, one shared fresh runs folder): the executed
 # notebooks (nbval compares their checked cells as text) and their results files (compared with a tolerance). Deliberate

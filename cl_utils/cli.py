@@ -29,9 +29,13 @@ import ast
 import contextlib
 import dataclasses
 import inspect
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
+
+from . import distributed
+from .distributed import SUPPORTED, env_world_size
 
 __all__ = ["main", "parse_sets", "plan"]
 
@@ -147,23 +151,37 @@ def plan(profile: str, benchmark: str, method: str, seed: int, sets: dict[str, A
             dataclasses.replace(spec, **train)
         except (ValueError, TypeError) as e:
             raise BadInput(f"--set {sorted(train)}: {e}") from None
+    world = env_world_size()
+    if world > 1 and method not in SUPPORTED:
+        raise BadInput(f"method {method!r} cannot run in {world} processes; the ones that can: "
+                       f"{', '.join(sorted(SUPPORTED))}")
+    batch = (prof.classification.finetune if benchmark == "classification" else prof.finetune).batch_size
+    batch = train.get("batch_size", batch)
+    if batch < world:
+        raise BadInput(f"a batch of {batch} rows cannot be shared by {world} processes (one row each at least): "
+                       f"--set batch_size={world} or more")
     folder = Path(results_dir) if results_dir else None
     if folder is not None and folder.exists() and not folder.is_dir():
         raise BadInput(f"--results-dir {results_dir!r} exists and is not a folder")
     return Plan(profile, benchmark, method, seed, method_kwargs, train, overrides, folder, valid)
 
 
-def run(p: Plan) -> Path:
-    """Run the planned stream and write its results file; returns the file's path."""
+def run(p: Plan) -> Path | None:
+    """Run the planned stream and write its results file; returns the file's path (None on a rank other than 0)."""
     from .experiment import setup
     from .methods import make_method
 
-    exp = setup(p.profile, seed=p.seed, benchmark=p.benchmark, overrides=p.profile_overrides)
+    distributed.init()  # under torchrun: join the group (nothing in one process)
+    with distributed.main_first():  # rank 0 builds or loads the caches, then the others read them
+        exp = setup(p.profile, seed=p.seed, benchmark=p.benchmark, overrides=p.profile_overrides,
+                    progress=distributed.is_main())
     if p.method in REFERENCES:
         result = exp.run_joint(valid=p.valid)
     else:
         result = exp.run(make_method(p.method, **p.method_kwargs), valid=p.valid, **p.train_overrides)
-    return exp.save(result, folder=p.results_dir)
+    path = exp.save(result, folder=p.results_dir) if distributed.is_main() else None  # only rank 0 writes
+    distributed.finish()
+    return path
 
 
 def _usage_epilog() -> str:
@@ -219,9 +237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = plan(args.profile, args.benchmark, args.method, args.seed, parse_sets(args.sets),
                  results_dir=args.results_dir, valid=args.valid)
     except BadInput as e:
-        print(f"python -m cl_utils run: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank refuses; one says so
+            print(f"python -m cl_utils run: error: {e}", file=sys.stderr)
         return 2
-    with contextlib.redirect_stdout(sys.stderr):  # what the notebooks' code prints is progress here
+    main_rank = os.environ.get("RANK", "0") == "0"
+    # what the notebooks' code prints is progress here: rank 0's goes to stderr, the other ranks' nowhere
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(sys.stderr if main_rank else quiet):
         path = run(p)
-    print(path)
+    if path is not None:
+        print(path)
     return 0

@@ -6,6 +6,8 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from .distributed import all_sum
+
 __all__ = ["lm_score", "perplexity", "predicted_tokens", "predicted_tokens_per_row", "accuracy"]
 
 
@@ -36,6 +38,7 @@ def lm_score(forward: Callable[[dict[str, torch.Tensor]], Any], batches: Iterabl
         loss = forward(batch).loss
         total_nll += float(loss.double()) * n
         total_tokens += n
+    total_nll, total_tokens = all_sum(total_nll, total_tokens)  # over the ranks' batches (itself in one process)
     if total_tokens == 0:
         raise ValueError("no tokens to score: every label is -100 or the split is empty")
     return -total_nll / total_tokens
@@ -62,6 +65,7 @@ def accuracy(forward: Callable[[dict[str, torch.Tensor]], Any], batches: Iterabl
         predicted = forward(batch).logits.argmax(-1).to(labels.device)
         correct += int((predicted == labels)[scored].sum())
         total += int(scored.sum())
+    correct, total = all_sum(correct, total)  # over the ranks' batches (itself in one process)
     if total == 0:
         raise ValueError("no rows to score: every label is -100 or the split is empty")
     return correct / total

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .distributed import world_size
 from .paths import cache_dir
 from .training import TrainLog
 
@@ -40,8 +41,10 @@ _VERSION = 1  # bump when what is kept changes
 
 
 def enabled() -> bool:
-    """False when the environment says ``CL_REUSE=0`` (or ``false``/``no``/``off``)."""
-    return os.environ.get("CL_REUSE", "1").strip().lower() not in ("0", "false", "no", "off")
+    """False when the environment says ``CL_REUSE=0`` (or ``false``/``no``/``off``), and in a distributed run
+    (several processes: what one process kept is not what DDP computes bit for bit, and only rank 0 may write)."""
+    off = os.environ.get("CL_REUSE", "1").strip().lower() in ("0", "false", "no", "off")
+    return not off and world_size() == 1
 
 
 class Unhashable(TypeError):

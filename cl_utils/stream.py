@@ -21,6 +21,7 @@ from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 
 from .benchmark import Benchmark
 from .config import TrainSpec
+from .distributed import data_parallel, every_nth, shard_loader
 from .methods import Method, task_head
 from .metrics import summary
 from .models import count_parameters
@@ -96,7 +97,7 @@ def score_split(model: torch.nn.Module, method: Method, benchmark: Benchmark, da
             return method.forward(model, move(batch, device), task_id)
 
     try:
-        return benchmark.score(forward, benchmark.loader(dataset, batch_size))
+        return benchmark.score(forward, every_nth(benchmark.loader(dataset, batch_size)))  # all batches in one process
     finally:
         model.train(was_training)
 
@@ -156,10 +157,11 @@ def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spe
         model.train()
         groups = param_groups(model, params, benchmark, head_lr)
         loader_seed = seed * 1000 + task_id
-        loader = benchmark.loader(task.train, spec.batch_size, shuffle=True, seed=loader_seed)
+        loader = shard_loader(benchmark.loader(task.train, spec.batch_size, shuffle=True, seed=loader_seed))
 
-        def train(t=task_id, groups=groups, loader=loader):
-            return train_steps(lambda batch: method.loss(model, batch, t), groups, loader, spec, device=device,
+        def train(t=task_id, groups=groups, loader=loader, params=params):
+            loss = data_parallel(lambda batch: method.loss(model, batch, t), model, params)  # itself in one process
+            return train_steps(loss, groups, loader, spec, device=device,
                                desc=f"{method.label} · task {t + 1}/{T} ({task.name})", progress=progress,
                                after_backward=lambda: method.after_backward(model, t),
                                after_step=lambda: method.after_step(model, t))
@@ -212,12 +214,13 @@ def run_joint(model: torch.nn.Module, benchmark: Benchmark, spec: TrainSpec, *, 
     weights = torch.cat([torch.full((len(t.train),), 1.0 / len(t.train)) for t in benchmark.tasks])
     sampler = WeightedRandomSampler(weights, num_samples=len(union), replacement=True,
                                     generator=torch.Generator().manual_seed(seed * 1000))
-    loader = DataLoader(union, batch_size=spec.batch_size, sampler=sampler, collate_fn=benchmark.collate)
+    loader = shard_loader(DataLoader(union, batch_size=spec.batch_size, sampler=sampler, collate_fn=benchmark.collate))
     budget = TrainSpec(**{**spec.__dict__, "steps": spec.steps * T})
     method = Method()
     model.train()
     groups = param_groups(model, method.parameters(model, 0), benchmark, head_lr)
-    log = train_steps(lambda b: model(**b).loss, groups, loader, budget, device=device, desc=f"joint · {T} tasks",
+    loss = data_parallel(lambda b: model(**b).loss, model, [p for g in groups for p in g["params"]])
+    log = train_steps(loss, groups, loader, budget, device=device, desc=f"joint · {T} tasks",
                       progress=progress)
     final = evaluate_columns(model, method, benchmark, batch_size=eval_batch_size, device=device)
     valid_scores = evaluate_valid(model, method, benchmark, batch_size=eval_batch_size, device=device) if valid else None

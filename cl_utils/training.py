@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from . import distributed
 from .config import TrainSpec
 from .display import progress_bar
 
@@ -83,8 +84,9 @@ def train_steps(loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
         batch = move(next(batches), device)
         with autocast(device):
             loss = loss_fn(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: the loss became {loss.item()} at step {len(log.losses)}; "
+        value = distributed.mean(loss.detach())  # the global batch's loss (this loss itself in one process)
+        if not torch.isfinite(value):
+            raise FloatingPointError(f"{desc}: the loss became {value.item()} at step {len(log.losses)}; "
                                      f"lower the learning rate (now {spec.lr})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -96,7 +98,7 @@ def train_steps(loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
         if after_step is not None:
             after_step()
         sched.step()
-        log.losses.append(loss.item())
+        log.losses.append(value.item())
         bar.set_postfix(loss=f"{log.losses[-1]:.3f}", refresh=False)
     log.seconds = time.perf_counter() - start
     return log

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..benchmark import Benchmark, Task
+from ..distributed import total
 from ..training import autocast
 from .base import Method
 from .buffer import ReplayBuffer, WithMemory
@@ -89,7 +90,7 @@ class AGEM(WithMemory, Method):
         return True
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], task_id: int) -> torch.Tensor:
-        self._batch_size = batch["input_ids"].shape[0]
+        self._batch_size = total(batch["input_ids"].shape[0])  # the global batch's rows (this batch's in one process)
         self._device = batch["input_ids"].device
         return super().loss(model, batch, task_id)
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..benchmark import Benchmark
+from ..distributed import all_rows, share
 from .base import Method
 from .buffer import ReplayBuffer, WithMemory, rows_of
 
@@ -66,11 +67,12 @@ class ER(WithMemory, Method):
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], task_id: int) -> torch.Tensor:
         """The mean loss over the current batch and a replay batch, in one forward pass (texts carry their own task
         id, hence their own head); then the current rows enter the reservoir."""
-        rows = rows_of(batch)
-        if len(self.buffer):
-            replay = self.buffer.sample(self.replay_batch_size or len(rows))
-            joined = self._collate(rows + replay) if self._collate is not None else \
-                {k: torch.stack([r[k] for r in rows + replay]) for k in rows[0]}
+        mine = rows_of(batch)
+        rows = all_rows(mine)  # the whole global batch, on every rank (``mine`` itself in one process)
+        if len(self.buffer):  # the same draw on every rank; each replays its share (all of it in one process)
+            replay = share(self.buffer.sample(self.replay_batch_size or len(rows)))
+            joined = self._collate(mine + replay) if self._collate is not None else \
+                {k: torch.stack([r[k] for r in mine + replay]) for k in mine[0]}
             batch = {k: v.to(batch["input_ids"].device) for k, v in joined.items()}
         loss = self.forward(model, batch, task_id).loss
         self.buffer.reservoir(rows)

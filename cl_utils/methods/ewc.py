@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..benchmark import Benchmark, Task
+from ..distributed import sharded_mean
 from ..fisher import KINDS, diagonal_fisher
 from .quadratic import QuadraticPenalty, Tensors
 
@@ -55,8 +56,10 @@ class EWC(QuadraticPenalty):
         if len(task.train) == 0:
             raise ValueError(f"EWC: task {task.name!r} has an empty train split; the Fisher needs at least one example")
         loader = benchmark.loader(task.train, self.fisher_batch_size, shuffle=True, seed=task_id)
-        return diagonal_fisher(model, loader, kind=self.kind, max_examples=self.fisher_examples, seed=task_id,
-                               parameter_names=names)
+        # with several processes: the same examples dealt out, sums and counts all-reduced, then divided
+        return sharded_mean(lambda batches, n: diagonal_fisher(model, batches, kind=self.kind, max_examples=n,
+                                                               seed=task_id, parameter_names=names),
+                            loader, self.fisher_examples, scored_only=True)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "fisher_examples": self.fisher_examples, "kind": self.kind}

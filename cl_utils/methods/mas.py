@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..benchmark import Benchmark, Task
+from ..distributed import sharded_mean
 from ..fisher import _restore_modes
 from ..training import move
 from .base import task_head
@@ -93,7 +94,10 @@ class MAS(QuadraticPenalty):
     def importance(self, model: torch.nn.Module, task_id: int, task: Task, benchmark: Benchmark,
                    names: list[str]) -> Tensors:
         loader = benchmark.loader(task.train, self.batch_size, shuffle=True, seed=task_id)
-        return output_sensitivity(model, loader, names, task_id, max_examples=self.examples)
+        # with several processes: the same examples dealt out, sums and counts all-reduced, then divided
+        return sharded_mean(lambda batches, n: output_sensitivity(model, batches, names, task_id,
+                                                                  max_examples=n or self.examples),
+                            loader, self.examples, scored_only=False)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "examples": self.examples}
