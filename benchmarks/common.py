@@ -85,9 +85,11 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(fns: dict[str, Step], repeats: int | dict[str, int], warmup: int = 1) -> dict[str, float]:
-    """Median seconds of each function: ``warmup`` untimed runs each, then round-robin timed runs
-    (``repeats``, or ``repeats[name]``), so that load changes on a shared machine hit every one alike."""
+def interleaved(fns: dict[str, Step], repeats: int | dict[str, int], warmup: int = 1,
+                statistic: Callable[[list[float]], float] = statistics.median) -> dict[str, float]:
+    """Median seconds of each function (or another ``statistic`` of its times, e.g. ``min``): ``warmup`` untimed
+    runs each, then round-robin timed runs (``repeats``, or ``repeats[name]``), so that load changes on a shared
+    machine hit every one alike."""
     counts = repeats if isinstance(repeats, dict) else {name: repeats for name in fns}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(warmup):
@@ -101,7 +103,7 @@ def interleaved(fns: dict[str, Step], repeats: int | dict[str, int], warmup: int
                 fn()
                 _sync()
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistic(t) for name, t in times.items()}
 
 
 # -- peak memory -------------------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
           "(time, or memory) over its reference's; > 1 costs more. Times: medians of interleaved repeats. "
           f"{MEMORY_NOTE}. Utilisation (%): tokens/s over the tokens/s that the model FLOPs per token (6 N + 12 L d T "
           "training, a third of it evaluation; benchmarks/bench_mfu.py) would reach at the fp32 sgemm peak measured "
-          "in this run.")
+          "in this run, both from best-of times.")
     for line in NOTES:
         print(f"Note: {line}")
     return rows
