@@ -21,6 +21,10 @@ and what is valid, having written nothing.
 Parameters left out take the notebooks' values: the tuned ones of :mod:`cl_utils.tuned` where the notebooks use
 them (SI's and MAS's λ, LwF's α, the prompts' and LoRA's learning rates), else the method's defaults. EWC's λ and
 ER's memory are chosen by a sweep in 02 and 06, so EWC needs ``lam``; ER and A-GEM default to their class default.
+
+Under ``torchrun`` (``torchrun --standalone --nproc_per_node N -m cl_utils run ...``, the same flags) the stream trains
+with DistributedDataParallel (:mod:`cl_utils.distributed`): the checks also refuse a method that cannot run
+distributed and a batch smaller than N; rank 0 alone writes the results file and prints its path and progress.
 """
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["SUPPORTED", "env_world_size", "init", "finish", "world_size", "rank", "is_main", "barrier",
-           "main_first", "share_sizes", "share_weights", "take_rows", "shard_loader", "every_nth", "data_parallel",
+           "main_first", "share_sizes", "share_weights", "take_rows", "check_shares", "shard_loader", "every_nth", "data_parallel",
            "all_sum", "mean", "all_rows", "share", "total", "deal_examples", "sharded_mean", "WEIGHT_KEY"]
 
 # Methods whose state stays correct across ranks (the CLI refuses the others before anything loads). All of them
@@ -171,6 +171,20 @@ class _ShardedLoader:
             start = sum(sizes[: self.rank])
             yield {**take_rows(batch, slice(start, start + sizes[self.rank])),
                    WEIGHT_KEY: share_weights(batch["labels"], self.world)[self.rank]}
+
+
+def check_shares(splits: dict[str, int], batch_size: int, steps: int) -> None:
+    """Before training: raise ``ValueError`` if a batch of ``batch_size`` rows, or the last (partial) batch of an
+    epoch of a split of ``splits`` (name -> rows) that ``steps`` reach, has fewer rows than processes. Nothing in
+    one process."""
+    world = world_size()
+    short = {name: n % batch_size for name, n in splits.items()
+             if 0 < n % batch_size < world and steps > n // batch_size}
+    if world > 1 and (batch_size < world or short):
+        what = f"a batch of {batch_size} rows" if batch_size < world else ", ".join(
+            f"{name}'s last batch of an epoch has {k} row(s)" for name, k in short.items())
+        raise ValueError(f"{what}: {world} processes need at least one row each; choose a batch size (and split "
+                         f"sizes) whose every batch has >= {world} rows, or fewer processes")
 
 
 def shard_loader(loader: torch.utils.data.DataLoader):

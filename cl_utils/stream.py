@@ -21,7 +21,7 @@ from torch.utils.data import ConcatDataset, DataLoader, WeightedRandomSampler
 
 from .benchmark import Benchmark
 from .config import TrainSpec
-from .distributed import data_parallel, every_nth, shard_loader
+from .distributed import check_shares, data_parallel, every_nth, shard_loader
 from .methods import Method, task_head
 from .metrics import summary
 from .models import count_parameters
@@ -142,6 +142,7 @@ def run_stream(model: torch.nn.Module, benchmark: Benchmark, method: Method, spe
     """Train ``method`` on each task of ``benchmark`` in turn, scoring all columns (``test``) after each task, and
     the tasks' ``valid`` splits once at the end when ``valid``. ``head_lr``: see the module docstring."""
     device = next(model.parameters()).device
+    check_shares({t.name: len(t.train) for t in benchmark.tasks}, spec.batch_size, spec.steps)  # >= 1 row a process
     set_seed(seed)
     before, kept = _before(model, benchmark, eval_batch_size, device)
     rows, reused = [before], ["before"] if kept else []
@@ -211,6 +212,7 @@ def run_joint(model: torch.nn.Module, benchmark: Benchmark, spec: TrainSpec, *, 
     T = len(benchmark.tasks)
     before, kept = _before(model, benchmark, eval_batch_size, device)
     union = ConcatDataset([t.train for t in benchmark.tasks])
+    check_shares({"joint": len(union)}, spec.batch_size, spec.steps * T)  # several processes: >= 1 row each
     weights = torch.cat([torch.full((len(t.train),), 1.0 / len(t.train)) for t in benchmark.tasks])
     sampler = WeightedRandomSampler(weights, num_samples=len(union), replacement=True,
                                     generator=torch.Generator().manual_seed(seed * 1000))

@@ -56,12 +56,22 @@ def test_sharded_loader_yields_each_ranks_share_of_the_same_global_batch():
         list(D._ShardedLoader(loader(), 0, 4))  # the last batch has 3 rows
 
 
+def test_batches_too_small_to_share_are_refused_before_training(monkeypatch):
+    monkeypatch.setattr(D, "world_size", lambda: 2)
+    D.check_shares({"news": 16, "social": 18}, 8, 10)  # 8, 8 | 8, 8, 2: every batch splits
+    D.check_shares({"news": 16, "social": 17}, 8, 2)  # 8, 8, 1: the steps never reach the last batch
+    with pytest.raises(ValueError, match="social's last batch of an epoch has 1 row"):
+        D.check_shares({"news": 16, "social": 17}, 8, 3)
+    with pytest.raises(ValueError, match="a batch of 1 rows"):
+        D.check_shares({"news": 16}, 1, 1)
+
+
 def test_in_one_process_every_hook_is_the_identity():
     loader = DataLoader([{"input_ids": torch.zeros(2), "labels": torch.zeros(2)}] * 3, batch_size=2)
     fn = lambda b: b  # noqa: E731
     rows = [1, 2]
     assert D.world_size() == 1 and D.is_main()
-    assert D.shard_loader(loader) is loader and D.every_nth(loader) is loader
+    assert D.shard_loader(loader) is loader and D.every_nth(loader) is loader and D.check_shares({"a": 1}, 8, 9) is None
     assert D.data_parallel(fn, torch.nn.Linear(1, 1), []) is fn
     assert D.all_rows(rows) is rows and D.share(rows) is rows and D.total(5) == 5
     x = torch.ones(2)
