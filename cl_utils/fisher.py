@@ -55,14 +55,17 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from .evaluation import predicted_tokens_per_row
+from .grad_squares import GradSquares, supported
 from .models import is_causal_lm
 from .training import move
 
-__all__ = ["diagonal_fisher", "sample_labels", "additive_mask", "is_causal_lm"]
+__all__ = ["diagonal_fisher", "sample_labels", "additive_mask", "is_causal_lm", "ENGINES"]
 
 Batch = dict[str, torch.Tensor]
 KINDS = ("empirical", "true")
+ENGINES = ("auto", "hooks", "vmap")
 VMAP_BYTES = 2**30  # per-example gradient copies one vmap call may hold (chunk_size is lowered to fit)
+SHARED_BYTES = 2**30  # per-example copies of tied parameters the hooks may hold (rows per forward are lowered to fit)
 
 
 def _causal_attention(model: torch.nn.Module) -> bool:
@@ -199,7 +202,7 @@ def _restore_modes(modes: list[tuple[torch.nn.Module, bool]]) -> None:
 def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Batch], *, kind: str = "empirical",
                     max_examples: int | None = None, chunk_size: int = 16, seed: int = 0,
                     parameter_names: Iterable[str] | None = None,
-                    sparse_embeddings: bool | None = None) -> dict[str, torch.Tensor]:
+                    sparse_embeddings: bool | None = None, engine: str = "auto") -> dict[str, torch.Tensor]:
     """Diagonal Fisher ``F_i = mean_x n_x (d loss_x / d theta_i)^2`` over the rows of ``batches``.
 
     ``n_x`` is 1 for classification and the number of predicted tokens of row ``x`` for a causal LM, which
@@ -218,8 +221,12 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Batch], *, kind: s
             (to 1 at least) so that the copies take at most ``VMAP_BYTES``: 1 row for a 135M-parameter model.
         seed: seeds the ``torch.Generator`` that samples the labels for ``kind="true"``.
         parameter_names: only these trainable parameters (None: all of them), e.g. all but the task heads.
-        sparse_embeddings: take the input embedding's Fisher from the looked-up vectors (see the module
-            docstring); None: when the model sets ``fisher_sparse_embeddings = True``.
+        sparse_embeddings: ``vmap`` only: take the input embedding's Fisher from the looked-up vectors (see the
+            module docstring); None: when the model sets ``fisher_sparse_embeddings = True``. The hooks always do.
+        engine: ``"hooks"`` (per-layer rules inside one batched backward, :mod:`cl_utils.grad_squares`: each
+            batch in one forward, fewer rows when tied parameters' copies would pass ``SHARED_BYTES``),
+            ``"vmap"`` (``torch.func``, ``chunk_size`` rows per call), or ``"auto"``: the hooks when every
+            trained parameter sits in a layer they have a rule for, else vmap.
 
     Returns:
         ``{name: F}`` for every trainable parameter (``named_parameters()`` with ``requires_grad``; those of
@@ -236,6 +243,8 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Batch], *, kind: s
         raise ValueError(f"max_examples must be >= 1 (or None for every row), got {max_examples}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if isinstance(batches, Mapping):
         raise ValueError("batches must be an iterable of batch dicts (e.g. a DataLoader or [batch]), not one dict")
     attn = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
@@ -256,12 +265,20 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Batch], *, kind: s
     first = next(iter(params.values()))
     device, dtype = first.device, first.dtype
     acc = {n: torch.zeros_like(p, dtype=torch.promote_types(p.dtype, torch.float32)) for n, p in params.items()}
+    causal_lm = is_causal_lm(model)
+    generator = torch.Generator(device=device).manual_seed(seed) if kind == "true" else None
+    why_not = supported(model, trainable) if engine != "vmap" else "vmap was asked for"
+    if engine == "hooks" and why_not:
+        raise ValueError(f"engine='hooks' cannot compute this Fisher: {why_not}; use engine='vmap' (or 'auto')")
+    if not why_not:
+        seen = _fisher_hooks(model, batches, trainable, acc, kind=kind, max_examples=max_examples,
+                             chunk_size=chunk_size, generator=generator, causal_lm=causal_lm)
+        return {name: a.div_(seen) for name, a in acc.items()}
     embedding = _sparse_embedding(model, trainable, sparse_embeddings)
     emb_weight = None if embedding is None else params.pop(embedding[0])
-    causal_lm, causal = is_causal_lm(model), _causal_attention(model)
+    causal = _causal_attention(model)
     row_bytes = sum(p.numel() * p.element_size() for p in params.values())
     chunk_size = max(1, min(chunk_size, VMAP_BYTES // row_bytes))
-    generator = torch.Generator(device=device).manual_seed(seed) if kind == "true" else None
 
     def row_loss(p: dict[str, torch.Tensor], row: Batch, constants: dict) -> torch.Tensor:
         inputs = {k: v.unsqueeze(0) for k, v in row.items()}  # each row as a batch of one
@@ -312,6 +329,60 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Batch], *, kind: s
                     break
     finally:
         _restore_modes(modes)
+    _check_seen(seen)
+    return {name: a.div_(seen) for name, a in acc.items()}
+
+
+def _check_seen(seen: int) -> None:
     if seen == 0:
         raise ValueError("batches gave no example with a scored label: the Fisher needs at least one row")
-    return {name: a.div_(seen) for name, a in acc.items()}
+
+
+def _shared_bytes(model: torch.nn.Module, params: dict[str, torch.nn.Parameter]) -> int:
+    """Bytes of one row's copies of the parameters held by more than one module (tied), 0 without."""
+    holders: dict[int, int] = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            holders[id(p)] = holders.get(id(p), 0) + 1
+    return sum(4 * p.numel() for p in params.values() if holders.get(id(p), 0) > 1)
+
+
+def _fisher_hooks(model: torch.nn.Module, batches: Iterable[Batch], params: dict[str, torch.nn.Parameter],
+                  acc: dict[str, torch.Tensor], *, kind: str, max_examples: int | None, chunk_size: int,
+                  generator: torch.Generator | None, causal_lm: bool) -> int:
+    """The hooks engine (:mod:`cl_utils.grad_squares`): per batch, one forward and one backward of the summed loss
+    ``sum_x n_x loss_x`` (``n_x * loss_x`` is row ``x``'s summed NLL), each row's squared gradient weighted by
+    ``1 / n_x``. Returns the number of rows seen."""
+    device = next(iter(params.values())).device
+    squares = GradSquares(model, params, acc)
+    shared = _shared_bytes(model, params)
+    step = max(1, min(chunk_size, SHARED_BYTES // shared)) if shared else chunk_size
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    seen = 0
+    try:
+        for batch in batches:
+            batch = move(_take_rows(batch, None if max_examples is None else max_examples - seen), device)
+            if kind == "true":
+                batch = {**batch, "labels": sample_labels(model, batch, generator, causal_lm=causal_lm)}
+            keep = _scored_rows(batch["labels"], causal_lm)
+            per_row = _per_row(batch)
+            constants = {k: v for k, v in batch.items() if k not in per_row}
+            rows = {k: batch[k][keep] for k in per_row}
+            n = rows["labels"].shape[0]
+            for start in range(0, n, step):
+                chunk = {k: v[start:start + step] for k, v in rows.items()}
+                tokens = _tokens_per_row(chunk["labels"], causal_lm)
+                with squares.recording(1.0 / tokens.double()):
+                    loss = model(**chunk, **constants).loss
+                    if not loss.requires_grad:
+                        raise RuntimeError(f"the hooks saw no gradient path in {type(model).__name__} (no "
+                                           "nn.Embedding output reaches the loss); use engine='vmap'")
+                    (loss * tokens.sum()).backward()
+            seen += n
+            if max_examples is not None and seen >= max_examples:
+                break
+    finally:
+        _restore_modes(modes)
+    _check_seen(seen)
+    return seen

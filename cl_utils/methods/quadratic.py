@@ -11,10 +11,18 @@ then adds::
 * ``mode="online"`` (Schwarz et al. 2018, "Progress & Compress", section 2.3): a single running importance
   ``Ω <- gamma * Ω_old + Ω_new`` and a single anchor, the latest weights. SI and MAS accumulate this way (γ = 1).
 
-The penalty costs one pass over the parameters whatever the number of tasks: per parameter,
+The penalty costs the same whatever the number of tasks: per parameter,
 ``sum_k Ω_k (θ - a_k)^2 = S (θ - m)^2 + C`` with ``S = sum_k Ω_k``, the importance-weighted mean anchor
 ``m = sum_k Ω_k a_k / S`` and a constant ``C = sum_k Ω_k (a_k - m)^2`` (same value, same gradient
 ``sum_k Ω_k (θ - a_k)``, and no cancellation between large terms near ``θ*``).
+
+Its gradient ``lam S (θ - m)`` is computed with fused multi-tensor ops (``torch._foreach_*``: one kernel per
+operation over every parameter, no Python loop), in the forward pass, and handed to autograd by one node
+(:class:`_Penalty`) that returns it in the backward pass. The gradient is the same, bit for bit, as autograd's own
+through ``(lam / 2) * sum S (θ - m)^2`` (:meth:`QuadraticPenalty.penalty_autograd`, checked in the tests), and it
+reaches each ``p.grad`` in the same order; about 4 passes over the parameters instead of about 12 (sub, square,
+multiply, sum, and their backward). The value (for the logged loss) is ``sum_i g_i (θ_i - m_i) / 2``, equal up to
+rounding.
 
 Task heads (the parameters under a model's ``head_prefix``, e.g. ``heads.`` of
 :class:`cl_utils.classifier.MultiHeadClassifier`) are left out of the importance, the anchors and the penalty: each
@@ -68,6 +76,23 @@ def weights_checksum(model: torch.nn.Module) -> float:
                          for p in model.parameters() if p.requires_grad))
 
 
+class _Penalty(torch.autograd.Function):
+    """A precomputed value and gradient as one autograd node: ``forward(value, grads, *params)`` returns
+    ``value``; ``backward`` returns ``grads`` (times the incoming gradient, unless it is exactly 1)."""
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, grads: list[torch.Tensor], *params: torch.Tensor) -> torch.Tensor:
+        ctx.grads = grads
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, out: torch.Tensor):
+        grads, ctx.grads = ctx.grads, None
+        if float(out) != 1.0:
+            grads = torch._foreach_mul(grads, out)
+        return (None, None, *grads)
+
+
 class QuadraticPenalty(Method):
     """The shared part of EWC, SI and MAS: consolidation, the penalty, saving. Subclasses define
     :meth:`importance` (and may use the training hooks to measure it).
@@ -102,6 +127,7 @@ class QuadraticPenalty(Method):
         self.fisher_log: list[dict[str, Any]] = []
         self._merged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (S, m)
         self._constant = 0.0  # C, summed over parameters
+        self._slope: list[torch.Tensor] = []  # per merged parameter, 2 * float32(lam / 2) * S: the gradient's factor
 
     # -- what subclasses define ------------------------------------------------------------------------
     def importance(self, model: torch.nn.Module, task_id: int, task: Task, benchmark: Benchmark,
@@ -153,6 +179,9 @@ class QuadraticPenalty(Method):
             m = torch.where(s > 0, sum(f * a for f, a in f64) / s.clamp_min(torch.finfo(s.dtype).tiny), f64[-1][1])
             self._constant += float(sum((f * (a - m).square()).sum() for f, a in f64))
             self._merged[name] = (s.to(pairs[0][0].dtype), m.to(pairs[0][1].dtype))
+        # autograd's gradient of (lam/2) sum S (θ - m)^2 is fl(fl(c S) * 2 (θ - m)), c = lam/2 in S's dtype; the
+        # factor 2 is exact, so fl(c S) * 2 can be kept once
+        self._slope = [torch.mul(s, 0.5 * self.lam).mul_(2) for s, _ in self._merged.values()]
 
     def first_task_as_naive(self, benchmark: Benchmark) -> bool:
         """No penalty before the first consolidation (``penalty`` is None): the first task is naive's. SI, which
@@ -163,16 +192,43 @@ class QuadraticPenalty(Method):
     def penalty(self, model: torch.nn.Module, task_id: int) -> torch.Tensor | None:
         """``(lam / 2) * sum Ω (θ - θ*)^2`` as a scalar tensor; None before any task was consolidated.
 
-        Parameters without a stored importance (added after consolidation) are left out.
+        Its gradient is computed here, with fused multi-tensor ops, and given to autograd by one node (see the
+        module docstring); a model whose parameters and importances differ in dtype or device gets
+        :meth:`penalty_autograd`. Parameters without a stored importance (added after consolidation) are left out.
         """
+        params = self._merged_params(model)
+        if params is None:
+            return None
+        merged = list(self._merged.values())
+        anchors = [m for _, m in merged]
+        if any(p.dtype != m.dtype or p.dtype != s.dtype or p.device != s.device
+               for p, (s, m) in zip(params, merged)):
+            return self.penalty_autograd(model, task_id)
+        with torch.no_grad():
+            diff = torch._foreach_sub(params, anchors)
+            grads = torch._foreach_mul(diff, self._slope)
+            value = 0.5 * sum(torch.dot(g.view(-1), d.view(-1)) for g, d in zip(grads, diff))  # g d = lam S d^2
+            del diff
+            value = value + (0.5 * self.lam) * self._constant
+        return _Penalty.apply(value, grads, *params)
+
+    def penalty_autograd(self, model: torch.nn.Module, task_id: int) -> torch.Tensor | None:
+        """The same penalty through autograd's own operations: the reference :meth:`penalty` matches."""
+        params = self._merged_params(model)
+        if params is None:
+            return None
+        total = sum((s * (p - m).square()).sum() for p, (s, m) in zip(params, self._merged.values()))
+        return (0.5 * self.lam) * (total + self._constant)
+
+    def _merged_params(self, model: torch.nn.Module) -> list[torch.nn.Parameter] | None:
+        """The model's parameters in the order of ``_merged`` (checked); None before any consolidation."""
         if not self._merged:
             return None
         params = dict(model.named_parameters())
         if not self._merged.keys() <= params.keys() or any(params[n].shape != s.shape
                                                             for n, (s, _) in self._merged.items()):
             check_importance_matches({n: s for n, (s, _) in self._merged.items()}, model)
-        total = sum((s * (params[n] - m).square()).sum() for n, (s, m) in self._merged.items())
-        return (0.5 * self.lam) * (total + self._constant)
+        return [params[n] for n in self._merged]
 
     @torch.no_grad()
     def penalty_gradient(self, name: str, param: torch.Tensor) -> torch.Tensor | None:
