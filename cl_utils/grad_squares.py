@@ -1,4 +1,5 @@
-"""Weighted sums of squared per-example gradients, taken layer by layer inside one ordinary backward pass.
+"""Weighted sums of squared (or absolute) per-example gradients, taken layer by layer inside one ordinary backward
+pass: EWC's Fisher (:mod:`cl_utils.fisher`) and MAS's importance (:mod:`cl_utils.methods.mas`).
 
 A layer ``y = x W^T + b`` applied to the tokens ``t`` of example ``b`` has the per-example gradient
 ``G_b = sum_t delta_bt x_bt^T`` (``delta``: the gradient of the summed loss with respect to ``y``; the examples do
@@ -67,7 +68,8 @@ def supported(model: torch.nn.Module, params: dict[str, torch.nn.Parameter]) -> 
 
 
 class GradSquares:
-    """Hooks that add ``sum_b w_b G_b^2`` into ``acc[name]`` for every parameter of ``params`` during a backward.
+    """Hooks that add ``sum_b w_b G_b^2`` (``absolute``: ``sum_b w_b |G_b|``) into ``acc[name]`` for every parameter
+    of ``params`` during a backward.
 
     Use::
 
@@ -77,8 +79,9 @@ class GradSquares:
     """
 
     def __init__(self, model: torch.nn.Module, params: dict[str, torch.nn.Parameter],
-                 acc: dict[str, torch.Tensor]) -> None:
+                 acc: dict[str, torch.Tensor], *, absolute: bool = False) -> None:
         self.model, self.acc = model, acc
+        self.absolute = absolute  # sum_b w_b |G_b| instead (MAS's importance)
         self.name = {id(p): n for n, p in params.items()}
         self.weights: torch.Tensor | None = None
         self.uses: dict[int, list[str]] = {}  # id(param) -> the kinds of layer that used it in this forward, in order
@@ -161,7 +164,7 @@ class GradSquares:
         """An input embedding tied to an output layer (GPT-2, SmolLM2): the output layer's ``G_b`` is dense, the
         embedding's sparse, so ``(G_out + G_emb)^2 = G_out^2 + G_emb (2 G_out + G_emb)`` on the example's token rows
         only: no ``(B, V, d)`` buffer. The output layer's backward comes first."""
-        return self.uses.get(key) == ["embedding", "linear"]
+        return not self.absolute and self.uses.get(key) == ["embedding", "linear"]
 
     def _collect(self, param: torch.Tensor, per_example) -> None:
         """``per_example(rows)`` gives ``G_b`` for a slice of rows; squared into the sum, or into the shared buffer."""
@@ -193,7 +196,8 @@ class GradSquares:
     def _add_block(self, key: int, grads: torch.Tensor, weights: torch.Tensor) -> None:
         """``acc += sum_b w_b G_b^2`` for a block of ``G`` ``(b, *shape)``."""
         acc = self.acc[self.name[key]]
-        flat = grads.to(acc.dtype).reshape(grads.shape[0], -1).square_()
+        flat = grads.to(acc.dtype).reshape(grads.shape[0], -1)
+        flat = flat.abs_() if self.absolute else flat.square_()
         acc.view(-1).addmv_(flat.t(), weights.to(acc.dtype))
 
     def _add(self, key: int, buf: torch.Tensor) -> None:
@@ -222,7 +226,7 @@ class GradSquares:
             tied = self.tied_rows.pop(key)
             acc.index_add_(0, unique % V, tied.mul_(2).add_(summed).mul_(summed).mul_(weights))
         else:
-            acc.index_add_(0, unique % V, summed.square_().mul_(weights))
+            acc.index_add_(0, unique % V, (summed.abs_() if self.absolute else summed.square_()).mul_(weights))
 
 
 def _token_keys(ids: torch.Tensor, module: torch.nn.Embedding) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -10,6 +10,7 @@ from cl_utils.methods import (AGEM, ER, EWC, MAS, METHODS, SI, LwF, Method, Naiv
 from cl_utils.methods.agem import project
 from cl_utils.methods.buffer import REPLAY_BUFFER, ReplayBuffer, rows_of
 from cl_utils.methods.lwf import distillation_kl
+from cl_utils.methods.mas import output_sensitivity
 from cl_utils.saving import load_trained, save_trained
 from cl_utils.stream import evaluate_columns, run_stream
 
@@ -216,6 +217,25 @@ def test_mas_importance_is_the_mean_of_absolute_per_example_gradients(tiny_token
         grads.append(torch.autograd.grad(logits[real].square().sum(-1).mean(), p)[0])
     torch.testing.assert_close(omega, torch.stack(grads).abs().mean(0), rtol=1e-5, atol=1e-7)
     assert not torch.allclose(omega, torch.stack(grads).mean(0).abs())  # per example, not of the mean
+
+
+@pytest.mark.parametrize("benchmark", ["lm", "classification"])
+def test_mas_hooks_give_the_loops_importance(tiny_tokenizer, tiny_benchmark, benchmark):
+    """Every parameter, padded rows, a tied word embedding (GPT-2) or a task head read twice (classification)."""
+    if benchmark == "lm":
+        model, bench, task_id = make_tiny_model(tiny_tokenizer), tiny_benchmark, 0
+    else:
+        model, bench, task_id = tiny_classifier(), small_benchmark(24, 40), 1
+    names = [n for n, p in model.named_parameters() if not n.startswith("heads.")]
+    task = bench.tasks[task_id]
+    kept = {}
+    for engine in ("hooks", "loop"):
+        kept[engine] = output_sensitivity(model, bench.loader(task.train, 5, shuffle=True, seed=0), names, task_id,
+                                          max_examples=12, engine=engine)
+    scale = max(float(o.abs().max()) for o in kept["loop"].values())  # the key bias's true gradient is 0: noise
+    for n in names:
+        torch.testing.assert_close(kept["hooks"][n], kept["loop"][n], rtol=1e-4, atol=1e-6 * scale, msg=n)
+    assert sum(float(o.sum()) for o in kept["hooks"].values()) > 0
 
 
 @pytest.mark.parametrize("make", [lambda: SI(10.0), lambda: MAS(10.0, examples=8)], ids=["si", "mas"])

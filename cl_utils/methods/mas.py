@@ -9,8 +9,9 @@ EWC's quadratic penalty (:mod:`cl_utils.methods.quadratic`) with another importa
 averaged over those positions, so ``Ω`` does not grow with the block length), for classification the logits of
 the task's own head. No label enters: MAS can measure importance on any unlabelled text of the task's kind (the
 inputs a deployed model sees), which neither EWC's empirical Fisher nor SI can. The importances of the tasks add
-up (online mode, γ = 1) with the latest weights as the anchor, as in the paper. The gradients are taken one example
-at a time (a loop of batches of one), in eval mode (no dropout). Hooks: ``end_task``, ``penalty``.
+up (online mode, γ = 1) with the latest weights as the anchor, as in the paper. Each example's gradient is taken
+layer by layer inside one batched backward (:mod:`cl_utils.grad_squares`, as EWC's Fisher; a loop of batches of one
+for a model with a layer it has no rule for), in eval mode (no dropout). Hooks: ``end_task``, ``penalty``.
 """
 from __future__ import annotations
 
@@ -21,55 +22,66 @@ import torch
 from ..benchmark import Benchmark, Task
 from ..distributed import sharded_mean
 from ..fisher import _restore_modes
+from ..grad_squares import GradSquares, supported
 from ..training import move
 from .base import task_head
 from .quadratic import QuadraticPenalty, Tensors
 
-__all__ = ["MAS", "output_sensitivity"]
+__all__ = ["MAS", "output_sensitivity", "output_norms"]
 
 
-def _output_norm(model: torch.nn.Module, row: dict[str, torch.Tensor], task_id: int) -> torch.Tensor:
-    """``||F(x)||^2`` of one row (a batch of one, without its labels)."""
-    inputs = {k: v for k, v in row.items() if k != "labels"}
+def output_norms(model: torch.nn.Module, batch: dict[str, torch.Tensor], task_id: int) -> torch.Tensor:
+    """``(B,)``: ``||F(x)||^2`` of each row (its labels are not read): the task's own head's logits, or the LM's
+    logits' squared norm averaged over the row's real tokens."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
     out = model(**inputs)
     head = task_head(model, task_id)
     if head is not None:  # the task's own head on the pooled features
-        return head(out.pooled).float().square().sum()
-    logits = out.logits.float()[0]  # (L, V)
-    real = inputs["attention_mask"][0].bool() if "attention_mask" in inputs else torch.ones(logits.shape[0], dtype=bool)
-    return logits[real].square().sum(-1).mean()
+        return head(out.pooled).float().square().sum(-1)
+    logits = out.logits.float()  # (B, L, V)
+    real = inputs.get("attention_mask", torch.ones(logits.shape[:2], device=logits.device)).to(logits.dtype)
+    return (logits.square().sum(-1) * real).sum(-1) / real.sum(-1)
 
 
 def output_sensitivity(model: torch.nn.Module, batches, names: list[str], task_id: int, *,
-                       max_examples: int) -> Tensors:
+                       max_examples: int, engine: str = "auto") -> Tensors:
     """``mean_x |d ||F(x)||^2 / d θ|`` over at most ``max_examples`` rows of ``batches``, for the parameters
-    ``names``, in eval mode (every module's mode is restored afterwards)."""
+    ``names``, in eval mode (every module's mode is restored afterwards).
+
+    ``engine``: ``"hooks"`` (one batched backward per batch, each row's gradient taken layer by layer and its
+    absolute value summed in, :mod:`cl_utils.grad_squares`), ``"loop"`` (one backward per row), or ``"auto"``: the
+    hooks where every parameter sits in a layer they have a rule for."""
     named = dict(model.named_parameters())
-    params = [named[n] for n in names]
-    acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-    device = params[0].device
+    params = {n: named[n] for n in names}
+    acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    device = next(iter(params.values())).device
+    hooks = engine == "hooks" or (engine == "auto" and supported(model, params) is None)
+    squares = GradSquares(model, params, acc, absolute=True) if hooks else None
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     seen = 0
     try:
         for batch in batches:
-            batch = move(batch, device)
-            for i in range(batch["input_ids"].shape[0]):
-                row = {k: v[i:i + 1] for k, v in batch.items()}
-                grads = torch.autograd.grad(_output_norm(model, row, task_id), params, allow_unused=True)
-                for a, g in zip(acc, grads):
-                    if g is not None:
-                        a.add_(g.float().abs())
-                seen += 1
-                if seen >= max_examples:
-                    break
+            batch = {k: v[:max_examples - seen] for k, v in move(batch, device).items()}
+            n = batch["input_ids"].shape[0]
+            if squares is not None:
+                with squares.recording(torch.ones(n, dtype=torch.float64, device=device)):
+                    output_norms(model, batch, task_id).sum().backward()
+            else:
+                for i in range(n):
+                    norm = output_norms(model, {k: v[i:i + 1] for k, v in batch.items()}, task_id).sum()
+                    grads = torch.autograd.grad(norm, list(params.values()), allow_unused=True)
+                    for a, g in zip(acc.values(), grads):
+                        if g is not None:
+                            a.add_(g.float().abs())
+            seen += n
             if seen >= max_examples:
                 break
     finally:
         _restore_modes(modes)
     if seen == 0:
         raise ValueError("MAS: no example to measure the importance on")
-    return {n: (a / seen).to(p.dtype) for n, a, p in zip(names, acc, params)}
+    return {n: (a / seen).to(params[n].dtype) for n, a in acc.items()}
 
 
 class MAS(QuadraticPenalty):
