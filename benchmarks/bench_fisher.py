@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +76,9 @@ def opacus_fisher(model: torch.nn.Module, batch: dict[str, torch.Tensor], chunk:
                 rows["position_ids"] = torch.arange(L, device=labels.device).expand(labels.shape[0], L)
             extra = {"task_ids": rows.pop("task_ids")} if "task_ids" in rows else {}
             wrapped.zero_grad(set_to_none=True)
-            _summed_nll(wrapped(**rows, **extra).logits, labels).backward()
+            with warnings.catch_warnings():  # its full backward hooks fire on outputs (no input needs a gradient)
+                warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+                _summed_nll(wrapped(**rows, **extra).logits, labels).backward()
             weight = 1.0 / (labels.shape[1] - 1) if lm else 1.0
             for n, p in params.items():
                 acc[n] += p.grad_sample.square().sum(0) * weight
