@@ -66,6 +66,9 @@ def test_plan_fills_the_notebooks_values():
     assert p.method_kwargs == {"memory": 0.2, "seed": 2} and p.profile_overrides == {"finetune.steps": 3}
     assert plan("smoke", "lm", "progressive_prompts", 0, {}).train_overrides == {"lr": 0.1}
     assert plan("smoke", "lm", "lora_sequential", 0, {"lr": 1e-2}).train_overrides == {"lr": 1e-2}
+    # EWC's Fisher size as 02 sets it: SmolLM2's 32 examples, not the class default of 256
+    assert plan("smollm2", "lm", "ewc", 0, {"lam": 157.5}).method_kwargs == {"lam": 157.5, "fisher_examples": 32}
+    assert plan("smoke", "lm", "online_ewc", 0, {"lam": 1.0}).method_kwargs["fisher_examples"] == 256
 
 
 def test_a_run_writes_the_results_file_the_notebooks_would(tmp_path):
