@@ -142,16 +142,37 @@ def _take_rows(batch: Batch, limit: int | None) -> Batch:
     return {k: v[:limit] if k in per_row else v for k, v in batch.items()}
 
 
-def _split_rows(batch: Batch, *, causal_lm: bool, causal: bool, dtype: torch.dtype) -> tuple[Batch, dict]:
-    """The scored rows' per-row tensors, ``attention_mask`` made ``(n, 1, L, L)``; and the other entries."""
-    keep = _scored_rows(batch["labels"], causal_lm)
-    per_row = _per_row(batch)
-    rows = {k: batch[k][keep] for k in per_row}
-    if "attention_mask" in rows:
-        rows["attention_mask"] = additive_mask(rows["attention_mask"], causal=causal, dtype=dtype)
-    elif "input_ids" in rows:  # no padding, but the model must still get a 4-D mask
-        rows["attention_mask"] = additive_mask(torch.ones_like(rows["input_ids"]), causal=causal, dtype=dtype)
-    return rows, {k: v for k, v in batch.items() if k not in per_row}
+def _with_4d_mask(chunk: Batch, *, causal: bool, dtype: torch.dtype) -> Batch:
+    """The chunk with ``attention_mask`` made ``(n, 1, L, L)`` (from all ones when the rows have no padding)."""
+    if "attention_mask" in chunk:
+        return {**chunk, "attention_mask": additive_mask(chunk["attention_mask"], causal=causal, dtype=dtype)}
+    if "input_ids" in chunk:  # no padding, but the model must still get a 4-D mask
+        return {**chunk, "attention_mask": additive_mask(torch.ones_like(chunk["input_ids"]), causal=causal,
+                                                         dtype=dtype)}
+    return chunk
+
+
+def _scored_chunks(model: torch.nn.Module, batches: Iterable[Batch], step: int, *, kind: str,
+                   max_examples: int | None, generator: torch.Generator | None, causal_lm: bool,
+                   device: torch.device):
+    """What both engines read: the scored rows of ``batches`` (at most ``max_examples`` in all), on ``device``,
+    their labels drawn from the model for ``kind="true"`` (batch by batch), ``step`` rows at a time, as
+    ``(per-row tensors, the batch's other entries)``."""
+    seen = 0
+    for batch in batches:
+        batch = move(_take_rows(batch, None if max_examples is None else max_examples - seen), device)
+        if kind == "true":
+            batch = {**batch, "labels": sample_labels(model, batch, generator, causal_lm=causal_lm)}
+        keep = _scored_rows(batch["labels"], causal_lm)
+        per_row = _per_row(batch)
+        constants = {k: v for k, v in batch.items() if k not in per_row}
+        rows = {k: batch[k][keep] for k in per_row}
+        n = rows["labels"].shape[0]
+        for start in range(0, n, step):
+            yield {k: v[start:start + step] for k, v in rows.items()}, constants
+        seen += n
+        if max_examples is not None and seen >= max_examples:
+            return
 
 
 def _sparse_embedding(model: torch.nn.Module, trainable: dict[str, torch.nn.Parameter],
@@ -299,34 +320,27 @@ def diagonal_fisher(model: torch.nn.Module, batches: Iterable[Batch], *, kind: s
         # SDPA has no vmap batching rule (it loops over the chunk for that one op); the notice is expected.
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*performance drop.*", category=UserWarning)
-            for batch in batches:
-                batch = move(_take_rows(batch, None if max_examples is None else max_examples - seen), device)
-                if kind == "true":
-                    batch = {**batch, "labels": sample_labels(model, batch, generator, causal_lm=causal_lm)}
-                rows, constants = _split_rows(batch, causal_lm=causal_lm, causal=causal, dtype=dtype)
-                n = rows["labels"].shape[0]
-                for start in range(0, n, chunk_size):
-                    chunk = {k: v[start:start + chunk_size] for k, v in rows.items()}
-                    weight = _tokens_per_row(chunk["labels"], causal_lm)
-                    try:
-                        if embedding is None:
-                            grads = per_example(params, chunk, constants)
-                        else:  # the lookup outside vmap; gradients w.r.t. the looked-up vectors (n, L, d)
-                            ids = chunk.pop("input_ids")
-                            grads, g_embeds = per_example_embedded(params, F.embedding(ids, emb_weight), chunk,
-                                                                   constants)
-                            _add_embedding_rows(acc[embedding[0]], ids, g_embeds, embedding[1], weight)
-                    except Exception as e:  # noqa: BLE001 -- re-raised with the likely cause
-                        raise RuntimeError(
-                            f"per-example gradients failed for {type(model).__name__}: under torch.func.vmap the "
-                            "model must accept a 4-D additive attention_mask of shape (1, 1, L, L) and return "
-                            f".loss ({type(e).__name__}: {e})") from e
-                    for name, g in grads.items():  # (chunk, *shape) -> (*shape), at once: no grads are kept
-                        w = weight.to(acc[name].dtype).view(-1, *[1] * (g.dim() - 1))
-                        acc[name].add_(g.to(acc[name].dtype).square_().mul_(w).sum(0))
-                seen += n
-                if max_examples is not None and seen >= max_examples:
-                    break
+            for chunk, constants in _scored_chunks(model, batches, chunk_size, kind=kind, max_examples=max_examples,
+                                                   generator=generator, causal_lm=causal_lm, device=device):
+                weight = _tokens_per_row(chunk["labels"], causal_lm)
+                seen += chunk["labels"].shape[0]
+                chunk = _with_4d_mask(chunk, causal=causal, dtype=dtype)
+                try:
+                    if embedding is None:
+                        grads = per_example(params, chunk, constants)
+                    else:  # the lookup outside vmap; gradients w.r.t. the looked-up vectors (n, L, d)
+                        ids = chunk.pop("input_ids")
+                        grads, g_embeds = per_example_embedded(params, F.embedding(ids, emb_weight), chunk,
+                                                               constants)
+                        _add_embedding_rows(acc[embedding[0]], ids, g_embeds, embedding[1], weight)
+                except Exception as e:  # noqa: BLE001 -- re-raised with the likely cause
+                    raise RuntimeError(
+                        f"per-example gradients failed for {type(model).__name__}: under torch.func.vmap the "
+                        "model must accept a 4-D additive attention_mask of shape (1, 1, L, L) and return "
+                        f".loss ({type(e).__name__}: {e})") from e
+                for name, g in grads.items():  # (chunk, *shape) -> (*shape), at once: no grads are kept
+                    w = weight.to(acc[name].dtype).view(-1, *[1] * (g.dim() - 1))
+                    acc[name].add_(g.to(acc[name].dtype).square_().mul_(w).sum(0))
     finally:
         _restore_modes(modes)
     _check_seen(seen)
@@ -361,27 +375,16 @@ def _fisher_hooks(model: torch.nn.Module, batches: Iterable[Batch], params: dict
     model.eval()
     seen = 0
     try:
-        for batch in batches:
-            batch = move(_take_rows(batch, None if max_examples is None else max_examples - seen), device)
-            if kind == "true":
-                batch = {**batch, "labels": sample_labels(model, batch, generator, causal_lm=causal_lm)}
-            keep = _scored_rows(batch["labels"], causal_lm)
-            per_row = _per_row(batch)
-            constants = {k: v for k, v in batch.items() if k not in per_row}
-            rows = {k: batch[k][keep] for k in per_row}
-            n = rows["labels"].shape[0]
-            for start in range(0, n, step):
-                chunk = {k: v[start:start + step] for k, v in rows.items()}
-                tokens = _tokens_per_row(chunk["labels"], causal_lm)
-                with squares.recording(1.0 / tokens.double()):
-                    loss = model(**chunk, **constants).loss
-                    if not loss.requires_grad:
-                        raise RuntimeError(f"the hooks saw no gradient path in {type(model).__name__} (no "
-                                           "nn.Embedding output reaches the loss); use engine='vmap'")
-                    (loss * tokens.sum()).backward()
-            seen += n
-            if max_examples is not None and seen >= max_examples:
-                break
+        for chunk, constants in _scored_chunks(model, batches, step, kind=kind, max_examples=max_examples,
+                                               generator=generator, causal_lm=causal_lm, device=device):
+            tokens = _tokens_per_row(chunk["labels"], causal_lm)
+            seen += chunk["labels"].shape[0]
+            with squares.recording(1.0 / tokens.double()):
+                loss = model(**chunk, **constants).loss
+                if not loss.requires_grad:
+                    raise RuntimeError(f"the hooks saw no gradient path in {type(model).__name__} (no "
+                                       "nn.Embedding output reaches the loss); use engine='vmap'")
+                (loss * tokens.sum()).backward()
     finally:
         _restore_modes(modes)
     _check_seen(seen)
