@@ -179,9 +179,15 @@ def _ratio(cost: float, ref_cost: float) -> float:
 
 def compare(fns: dict[str, Callable[[], Step]], against: dict[str, str], labels: dict[str, str],
             repeats: int | dict[str, int], device: str, *, warmup: int = 1, modules: Iterable[torch.nn.Module] = (),
-            targets: dict[str, tuple[str, float]] | None = None, tokens: int | None = None) -> list[Row]:
+            targets: dict[str, tuple[str, float]] | None = None, tokens: int | None = None,
+            pairwise: bool = False) -> list[Row]:
     """Time the pieces together (:func:`interleaved`), then the peak memory of one call each, and compare
     each piece named in ``against`` with its reference piece.
+
+    ``pairwise``: time each piece alternating with its reference only, one pair after the other (a reference is
+    timed again with each piece it serves), instead of all pieces in one round-robin. For pieces that allocate and
+    free GBs per call (a per-example loop's dense gradients, vmap's and Opacus's per-example copies): the page
+    faults and reclaim they cause fall partly on whatever runs next, and would be billed to a neighbour.
 
     ``fns`` maps a piece to a factory that builds it (called again, fresh, for the memory probe, so a
     training step's optimizer state counts); ``labels`` names the pieces in the table; ``targets`` (by piece)
@@ -189,10 +195,18 @@ def compare(fns: dict[str, Callable[[], Step]], against: dict[str, str], labels:
     """
     targets = targets or {}
     modules = list(modules)
-    seconds = interleaved({name: make() for name, make in fns.items()}, repeats, warmup)
+    built = {name: make() for name, make in fns.items()}
+    if pairwise:
+        counts = repeats if isinstance(repeats, dict) else {name: repeats for name in fns}
+        pairs = {name: interleaved({ref: built[ref], name: built[name]}, {ref: counts[ref], name: counts[name]},
+                                   warmup) for name, ref in against.items()}
+    else:
+        together = interleaved(built, repeats, warmup)
+        pairs = {name: together for name in against}
     memory = {name: peak_memory(make(), modules, device) for name, make in fns.items()}
     timed, peaks = [], []
     for name, ref in against.items():
+        seconds = pairs[name]
         if tokens is None:
             value, ref_value, unit = seconds[name], seconds[ref], "s"
         else:

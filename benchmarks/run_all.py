@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
           f"{' (--quick)' if args.quick else ' (the embedded profile)'}; measured in {elapsed:.0f} s\n")
     print(table(rows))
     print(f"\n{sum(r.verdict == 'PASS' for r in met)} of {len(met)} targets met. ratio: the measured piece's cost "
-          "(time, or memory) over its reference's; > 1 costs more. Times: medians of interleaved repeats. "
+          "(time, or memory) over its reference's; > 1 costs more. Times: medians of interleaved repeats (the Fisher "
+          "rows: each piece alternating with its reference alone). "
           f"{MEMORY_NOTE}. Utilisation (%): tokens/s over the tokens/s that the model FLOPs per token (6 N + 12 L d T "
           "training, a third of it evaluation; benchmarks/bench_mfu.py) would reach at the fp32 sgemm peak measured "
           "in this run, both from best-of times.")

@@ -22,6 +22,7 @@ dropout off (``eval()``), no batch statistics.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -84,16 +85,19 @@ class GradSquares:
         self.absolute = absolute  # sum_b w_b |G_b| instead (MAS's importance)
         self.name = {id(p): n for n, p in params.items()}
         self.weights: torch.Tensor | None = None
+        self.weight_values: list[float] = []
         self.uses: dict[int, list[str]] = {}  # id(param) -> the kinds of layer that used it in this forward, in order
         self.shared: dict[int, torch.Tensor] = {}  # id(param) -> (B, *shape) per-example sums, when used twice
         self.keys: dict[int, tuple] = {}  # id(embedding weight) -> its (example, token id) keys in this forward
         self.tied_rows: dict[int, torch.Tensor] = {}  # id(param) -> the output layer's G_b rows at those keys
+        self._ws: torch.Tensor | None = None  # see _workspace
 
     # -- recording ----------------------------------------------------------------------------------------
     @contextmanager
     def recording(self, weights: torch.Tensor) -> Iterator[None]:
         """Hooks on, every parameter frozen, grad mode on; the shared buffers are squared on exit."""
         self.weights, self.uses, self.shared, self.keys, self.tied_rows = weights, {}, {}, {}, {}
+        self.weight_values = weights.tolist()  # as numbers, read once (a per-block read would sync a GPU)
         frozen = [(p, p.requires_grad) for p in self.model.parameters()]
         handles = [m.register_forward_hook(self._forward) for m in self.model.modules()
                    if _kind(m) is not None and any(True for _ in m.parameters(recurse=False))]
@@ -140,16 +144,16 @@ class GradSquares:
             w = module.weight
             if id(w) in self.name:
                 if kind == "linear":  # (B, out, in) = g^T x
-                    self._collect(w, lambda s: torch.bmm(g[s].transpose(1, 2), x[s]))
+                    self._collect(w, lambda s, out: torch.bmm(g[s].transpose(1, 2), x[s], out=out), g.dtype)
                 else:  # Conv1D keeps W as (in, out): x^T g
-                    self._collect(w, lambda s: torch.bmm(x[s].transpose(1, 2), g[s]))
+                    self._collect(w, lambda s, out: torch.bmm(x[s].transpose(1, 2), g[s], out=out), g.dtype)
         else:
             normed = self._normalised(module, kind, x).reshape(g.shape)
             if id(module.weight) in self.name:
-                self._collect(module.weight, lambda s: (g[s] * normed[s]).sum(1))
+                self._collect(module.weight, lambda s, out: torch.sum(g[s] * normed[s], 1, out=out), g.dtype)
         bias = getattr(module, "bias", None)
         if bias is not None and id(bias) in self.name:
-            self._collect(bias, lambda s: g[s].sum(1))
+            self._collect(bias, lambda s, out: torch.sum(g[s], 1, out=out), g.dtype)
 
     @staticmethod
     def _normalised(module: torch.nn.Module, kind: str, x: torch.Tensor) -> torch.Tensor:
@@ -166,17 +170,18 @@ class GradSquares:
         only: no ``(B, V, d)`` buffer. The output layer's backward comes first."""
         return not self.absolute and self.uses.get(key) == ["embedding", "linear"]
 
-    def _collect(self, param: torch.Tensor, per_example) -> None:
-        """``per_example(rows)`` gives ``G_b`` for a slice of rows; squared into the sum, or into the shared buffer."""
+    def _collect(self, param: torch.Tensor, per_example, dtype: torch.dtype) -> None:
+        """``per_example(rows, out)`` gives ``G_b`` (of ``dtype``) for a slice of rows, written into ``out`` (None: a
+        new tensor); squared into the sum, or into the shared buffer."""
         key = id(param)
         B = self.weights.shape[0]
         tied = self._tied(key)
         if not tied and (len(self.uses.get(key, ())) > 1 or key in self.shared):
             buf = self.shared.get(key)
             if buf is None:
-                self.shared[key] = per_example(slice(0, B)).to(self.acc[self.name[key]].dtype)
+                self.shared[key] = per_example(slice(0, B), None).to(self.acc[self.name[key]].dtype)
             else:
-                buf.add_(per_example(slice(0, B)))
+                buf.add_(per_example(slice(0, B), None))
             return
         step = max(1, BLOCK_BYTES // (param.numel() * param.element_size()))
         if tied:
@@ -186,25 +191,37 @@ class GradSquares:
                                               device=param.device)
         for start in range(0, B, step):
             rows = slice(start, min(B, start + step))
-            grads = per_example(rows)
+            grads = per_example(rows, self._workspace((rows.stop - rows.start, *param.shape), dtype, param.device))
             if tied:  # keep this block's G_b rows at the example's own tokens
                 at = (unique >= start * V) & (unique < rows.stop * V)
                 self.tied_rows[key][at] = grads.reshape(-1, *param.shape[1:])[unique[at] - start * V].to(
                     self.tied_rows[key].dtype)
-            self._add_block(key, grads, self.weights[rows])
+            self._add_block(key, grads, rows)
 
-    def _add_block(self, key: int, grads: torch.Tensor, weights: torch.Tensor) -> None:
-        """``acc += sum_b w_b G_b^2`` for a block of ``G`` ``(b, *shape)``."""
+    def _workspace(self, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """One buffer for every block's ``G_b``, grown as needed and reused: a fresh tensor per block would be
+        fresh pages from the OS each time (blocks are MBs), and those page faults cost as much as the products."""
+        n = math.prod(shape)
+        ws = self._ws
+        if ws is None or ws.numel() < n or ws.dtype != dtype or ws.device != device:
+            ws = self._ws = torch.empty(n, dtype=dtype, device=device)
+        return ws[:n].view(shape)
+
+    def _add_block(self, key: int, grads: torch.Tensor, rows: slice) -> None:
+        """``acc += sum_b w_b G_b^2`` for a block of ``G`` ``(b, *shape)``, the batch's ``rows``."""
         acc = self.acc[self.name[key]]
+        if grads.shape[0] == 1 and grads.dtype == acc.dtype and not self.absolute:  # one pass, no squared copy
+            acc.addcmul_(grads[0], grads[0], value=self.weight_values[rows.start])
+            return
         flat = grads.to(acc.dtype).reshape(grads.shape[0], -1)
         flat = flat.abs_() if self.absolute else flat.square_()
-        acc.view(-1).addmv_(flat.t(), weights.to(acc.dtype))
+        acc.view(-1).addmv_(flat.t(), self.weights[rows].to(acc.dtype))
 
     def _add(self, key: int, buf: torch.Tensor) -> None:
         step = max(1, BLOCK_BYTES // (buf[0].numel() * buf.element_size()))
         for start in range(0, buf.shape[0], step):
             rows = slice(start, start + step)
-            self._add_block(key, buf[rows], self.weights[rows])
+            self._add_block(key, buf[rows], rows)
 
     def _embedding(self, module: torch.nn.Embedding, keys: tuple, g: torch.Tensor) -> None:
         """Rows of the example's tokens only: ``sum_{t: id_t = v} delta_t`` per example and token id ``v``

