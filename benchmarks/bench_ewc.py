@@ -1,7 +1,8 @@
 """An EWC training step (3 consolidated tasks, separate and online) against a plain step: forward (+ penalty),
 backward, AdamW. The ``embedded``-sized GPT-2, batch 16 x 128 tokens: target <= 1.10x. SmolLM2-135M at its profile's
 batch (4 x 128; when the ``smollm2`` extra is installed, not with ``--quick``): target <= 1.05x, where the penalty's
-passes over 134.5M parameters weigh most (cl_utils.methods.quadratic computes them with fused multi-tensor ops)."""
+passes over 134.5M parameters weigh most (cl_utils.methods.quadratic computes them with fused multi-tensor ops,
+into buffers kept from step to step, and adds the gradient in ``after_backward``)."""
 from __future__ import annotations
 
 import torch
@@ -44,7 +45,8 @@ def steps(prefix: str, model: torch.nn.Module, block: int, batch: int, repeats: 
     model.train()
     fns = {"plain": lambda: adamw_step(lambda: model(**data).loss, model.parameters())}
     for mode, ewc in methods.items():
-        fns[mode] = lambda e=ewc: adamw_step(lambda: model(**data).loss + e.penalty(model, 3), model.parameters())
+        fns[mode] = lambda e=ewc: adamw_step(lambda: model(**data).loss + e.penalty(model, 3), model.parameters(),
+                                             after_backward=lambda: e.after_backward(model, 3))
     labels = {"plain": f"{prefix}plain step (batch {batch} × {block})",
               **{mode: f"{prefix}EWC step, {mode} (3 tasks)" for mode in methods}}
     return compare(fns, {mode: "plain" for mode in methods}, labels, repeats, setup.device, modules=[model],

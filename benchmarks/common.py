@@ -68,14 +68,16 @@ class Setup:
 
 
 def adamw_step(loss_fn: Callable[[], torch.Tensor], params: Iterable[torch.nn.Parameter],
-               lr: float = 1e-5) -> Step:
-    """One training step (forward via ``loss_fn``, backward, AdamW) over ``params``, as a callable.
-    The optimizer's state is created by the first call."""
+               lr: float = 1e-5, after_backward: Callable[[], None] | None = None) -> Step:
+    """One training step (forward via ``loss_fn``, backward, ``after_backward`` as the stream runner calls a
+    method's, AdamW) over ``params``, as a callable. The optimizer's state is created by the first call."""
     opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         loss_fn().backward()
+        if after_backward is not None:
+            after_backward()
         opt.step()
     return step
 

@@ -49,6 +49,7 @@ def grad_of_penalty(ewc, model):
     model.zero_grad(set_to_none=True)
     value = ewc.penalty(model, task_id=1)
     value.backward()
+    ewc.after_backward(model, 1)  # the penalty's gradient goes into p.grad here
     return value, {n: p.grad for n, p in model.named_parameters()}
 
 
@@ -81,8 +82,10 @@ def test_separate_penalty_and_gradient_sum_over_tasks():
 @pytest.mark.parametrize("mode", ["separate", "online"])
 @pytest.mark.parametrize("lam", [0.0, 123.4])
 def test_fused_penalty_gives_autograds_gradient_bit_for_bit(tiny_tokenizer, mode, lam):
-    """The fused penalty (torch._foreach_*, one autograd node) against autograd through (lam/2) sum S (θ - m)^2, on a
-    float32 GPT-2 whose word embedding is tied to its output layer (three gradients reach it: their order counts)."""
+    """The fused penalty (torch._foreach_*, its gradient added by after_backward) against autograd through (lam/2) sum
+    S (θ - m)^2, on a float32 GPT-2 whose word embedding is tied to its output layer. Bit for bit on every weight that
+    one gradient of the loss reaches; the tied one gets three, which autograd sums penalty first (its node is the
+    newest) and after_backward last: equal to rounding there."""
     model = make_tiny_model(tiny_tokenizer).float().eval()
     ids = torch.randint(5, 50, (4, 16), generator=torch.Generator().manual_seed(0))
     ewc = EWC(lam, mode=mode, gamma=0.9)
@@ -97,10 +100,34 @@ def test_fused_penalty_gives_autograds_gradient_bit_for_bit(tiny_tokenizer, mode
             model.zero_grad(set_to_none=True)
             loss = model(input_ids=ids, labels=ids).loss + penalty(model, task + 1)
             loss.backward()
+            ewc.after_backward(model, task + 1)  # nothing to add after penalty_autograd
             runs.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
         (ref_loss, ref_grads), (loss, grads) = runs
-        assert all(torch.equal(a, b) for a, b in zip(ref_grads, grads))
+        tied = model.transformer.wte.weight
+        for p, a, b in zip(model.parameters(), ref_grads, grads):
+            if p is tied:
+                assert_close(b, a, rtol=1e-6, atol=1e-6 * a.abs().max().item())
+            else:
+                assert torch.equal(a, b)
         assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)  # the value: summed in another order
+
+
+def test_fused_penalty_gradient_scales_and_is_never_lost(tiny_tokenizer):
+    """A scaled penalty adds the scaled gradient; a backward whose gradient was never added (no after_backward) makes
+    the next penalty raise instead of training without it."""
+    net = torch.nn.Linear(3, 2).double()
+    ewc = EWC(2.0)
+    ewc.consolidate(random_like(net, 1), {n: p.detach() - 0.1 for n, p in net.named_parameters()})
+    (3.0 * ewc.penalty(net, 1)).backward()
+    ewc.after_backward(net, 1)
+    fused = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.zero_grad(set_to_none=True)
+    (3.0 * ewc.penalty_autograd(net, 1)).backward()
+    for n, p in net.named_parameters():
+        assert_close(fused[n], p.grad, rtol=1e-12, atol=0, msg=n)
+    ewc.penalty(net, 1).backward()  # after_backward forgotten
+    with pytest.raises(RuntimeError, match="after_backward"):
+        ewc.penalty(net, 1)
 
 
 def test_online_fisher_decays_and_keeps_a_single_anchor():

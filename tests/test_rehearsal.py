@@ -190,15 +190,20 @@ def test_si_path_integral_matches_a_hand_computed_sgd_step():
     torch.testing.assert_close(omega, 0.1 * c ** 2 / ((0.1 * c) ** 2 + 0.5))
 
 
-def test_si_subtracts_the_penalty_from_the_gradient():
+@pytest.mark.parametrize("autograd", [False, True])
+def test_si_reads_the_task_gradient_without_the_penalty(autograd, monkeypatch):
     net = torch.nn.Linear(2, 1, bias=False)
     method = SI(4.0)
     method.consolidate({"weight": torch.tensor([[1.0, 2.0]])}, {"weight": torch.zeros(1, 2)})
+    if autograd:  # the fallback for mixed dtypes: the penalty's gradient arrives through autograd, and is subtracted
+        monkeypatch.setattr(method, "penalty", method.penalty_autograd)
     method.begin_task(net, 1, None)
     task = net.weight.sum()
+    net.weight.data.fill_(0.5)
     (task + method.penalty(net, 1)).backward()
     method.after_backward(net, 1)
     torch.testing.assert_close(method._grad["weight"], torch.ones(1, 2))  # the task loss's gradient alone
+    torch.testing.assert_close(net.weight.grad, torch.ones(1, 2) + 4.0 * torch.tensor([[1.0, 2.0]]) * 0.5)
 
 
 def test_mas_importance_is_the_mean_of_absolute_per_example_gradients(tiny_tokenizer, tiny_benchmark):

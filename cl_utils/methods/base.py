@@ -19,9 +19,10 @@ Which hooks each method uses, besides ``forward`` (one module each in this packa
 
 =====================  ==========================================================================================
 naive                  none: plain fine-tuning
-ewc, online_ewc, mas   ``end_task`` (importance and anchor), ``penalty``
-si                     ``begin_task``, ``after_backward`` (gradient), ``after_step`` (path integral), ``end_task``,
-                       ``penalty``
+ewc, online_ewc, mas   ``end_task`` (importance and anchor), ``penalty``, ``after_backward`` (adds the penalty's
+                       gradient, computed in ``penalty``)
+si                     ``begin_task``, ``after_backward`` (reads the gradient, adds the penalty's), ``after_step``
+                       (path integral), ``end_task``, ``penalty``
 lwf                    ``prepare``, ``begin_task`` (frozen teacher), ``loss`` (+ distillation), ``end_task``
 er                     ``prepare`` (buffer size), ``loss`` (+ a replay batch; the batch joins the reservoir)
 agem                   ``prepare``, ``end_task`` (fill the memory), ``loss``, ``after_backward`` (projection)

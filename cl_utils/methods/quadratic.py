@@ -17,12 +17,15 @@ The penalty costs the same whatever the number of tasks: per parameter,
 ``sum_k Ω_k (θ - a_k)``, and no cancellation between large terms near ``θ*``).
 
 Its gradient ``lam S (θ - m)`` is computed with fused multi-tensor ops (``torch._foreach_*``: one kernel per
-operation over every parameter, no Python loop), in the forward pass, and handed to autograd by one node
-(:class:`_Penalty`) that returns it in the backward pass. The gradient is the same, bit for bit, as autograd's own
-through ``(lam / 2) * sum S (θ - m)^2`` (:meth:`QuadraticPenalty.penalty_autograd`, checked in the tests), and it
-reaches each ``p.grad`` in the same order; about 4 passes over the parameters instead of about 12 (sub, square,
-multiply, sum, and their backward). The value (for the logged loss) is ``sum_i g_i (θ_i - m_i) / 2``, equal up to
-rounding.
+operation over every parameter, no Python loop) in the forward pass, into two buffers per parameter kept from step
+to step (fresh ones would be fresh pages from the OS at every step: on SmolLM2, 1 GB of page faults that cost more
+than the arithmetic). It does not go through autograd: the penalty's one autograd node (:class:`_Penalty`) only
+records that it is owed, and :meth:`QuadraticPenalty.after_backward` adds it into each ``p.grad`` in place, after
+the loss's own gradients, before clipping and the optimiser step (the runner calls it; a penalty whose gradient
+was never added makes the next call raise). The sum is autograd's, bit for bit, on every weight that one gradient
+of the loss reaches; on a tied weight, which receives several, the order of the sum differs, so the last bit may
+(``tests/test_ewc.py``; :meth:`QuadraticPenalty.penalty_autograd` is the reference). The value (for the logged
+loss) is ``sum_i g_i (θ_i - m_i) / 2``, equal up to rounding.
 
 Task heads (the parameters under a model's ``head_prefix``, e.g. ``heads.`` of
 :class:`cl_utils.classifier.MultiHeadClassifier`) are left out of the importance, the anchors and the penalty: each
@@ -77,20 +80,19 @@ def weights_checksum(model: torch.nn.Module) -> float:
 
 
 class _Penalty(torch.autograd.Function):
-    """A precomputed value and gradient as one autograd node: ``forward(value, grads, *params)`` returns
-    ``value``; ``backward`` returns ``grads`` (times the incoming gradient, unless it is exactly 1)."""
+    """The penalty's value as one autograd node. Its gradient does not go through autograd: ``backward`` tells the
+    method that it is owed (times the incoming gradient), and :meth:`QuadraticPenalty.after_backward` adds it into
+    each ``p.grad`` in place."""
 
     @staticmethod
-    def forward(ctx, value: torch.Tensor, grads: list[torch.Tensor], *params: torch.Tensor) -> torch.Tensor:
-        ctx.grads = grads
+    def forward(ctx, value: torch.Tensor, method: "QuadraticPenalty", *params: torch.Tensor) -> torch.Tensor:
+        ctx.method, ctx.n = method, len(params)
         return value.clone()
 
     @staticmethod
     def backward(ctx, out: torch.Tensor):
-        grads, ctx.grads = ctx.grads, None
-        if float(out) != 1.0:
-            grads = torch._foreach_mul(grads, out)
-        return (None, None, *grads)
+        ctx.method._owe(float(out))
+        return (None, None, *[None] * ctx.n)
 
 
 class QuadraticPenalty(Method):
@@ -128,6 +130,9 @@ class QuadraticPenalty(Method):
         self._merged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (S, m)
         self._constant = 0.0  # C, summed over parameters
         self._slope: list[torch.Tensor] = []  # per merged parameter, 2 * float32(lam / 2) * S: the gradient's factor
+        self._scratch: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # θ - m and the gradient, reused
+        self._penalised: list[torch.nn.Parameter] = []  # the parameters of the last penalty
+        self._owed: tuple[list[torch.nn.Parameter], float] | None = None  # (params, scale) after a backward
 
     # -- what subclasses define ------------------------------------------------------------------------
     def importance(self, model: torch.nn.Module, task_id: int, task: Task, benchmark: Benchmark,
@@ -139,6 +144,7 @@ class QuadraticPenalty(Method):
     # -- consolidation ---------------------------------------------------------------------------------
     def end_task(self, model: torch.nn.Module, task_id: int, task: Task, benchmark: Benchmark) -> None:
         """The task's importance at the weights just trained on it, then those weights as the anchor."""
+        self._scratch = None  # the penalty's buffers: not needed until the next task trains
         checksum = weights_checksum(model)
         names = protected_parameter_names(model)
         importance = self.importance(model, task_id, task, benchmark, names)
@@ -168,7 +174,7 @@ class QuadraticPenalty(Method):
 
     def _rebuild(self) -> None:
         """Per parameter ``S = sum_k Ω_k`` and ``m = sum_k Ω_k a_k / S``; ``C = sum_k Ω_k (a_k - m)^2``."""
-        self._merged, self._constant = {}, 0.0
+        self._merged, self._constant, self._scratch = {}, 0.0, None
         for name in dict.fromkeys(n for f in self.importances for n in f):  # ordered: reproducible sums
             pairs = [(f[name], a[name]) for f, a in zip(self.importances, self.anchors) if name in f]
             if len(pairs) == 1:  # exact: the penalty is 0 at the anchor
@@ -192,9 +198,10 @@ class QuadraticPenalty(Method):
     def penalty(self, model: torch.nn.Module, task_id: int) -> torch.Tensor | None:
         """``(lam / 2) * sum Ω (θ - θ*)^2`` as a scalar tensor; None before any task was consolidated.
 
-        Its gradient is computed here, with fused multi-tensor ops, and given to autograd by one node (see the
-        module docstring); a model whose parameters and importances differ in dtype or device gets
-        :meth:`penalty_autograd`. Parameters without a stored importance (added after consolidation) are left out.
+        Its gradient is computed here, with fused multi-tensor ops, and added into ``p.grad`` by
+        :meth:`after_backward` (see the module docstring); a model whose parameters and importances differ in dtype
+        or device gets :meth:`penalty_autograd`. Parameters without a stored importance (added after consolidation)
+        are left out.
         """
         params = self._merged_params(model)
         if params is None:
@@ -204,13 +211,52 @@ class QuadraticPenalty(Method):
         if any(p.dtype != m.dtype or p.dtype != s.dtype or p.device != s.device
                for p, (s, m) in zip(params, merged)):
             return self.penalty_autograd(model, task_id)
+        if self._owed is not None:
+            raise RuntimeError(f"{self.name}: the last backward's penalty gradient was never added: call "
+                               f"method.after_backward(model, task_id) after loss.backward() (the stream runner does)")
         with torch.no_grad():
-            diff = torch._foreach_sub(params, anchors)
-            grads = torch._foreach_mul(diff, self._slope)
+            diff, grads = self._buffers(params)
+            torch._foreach_copy_(diff, params)
+            torch._foreach_sub_(diff, anchors)
+            torch._foreach_copy_(grads, diff)
+            torch._foreach_mul_(grads, self._slope)
             value = 0.5 * sum(torch.dot(g.view(-1), d.view(-1)) for g, d in zip(grads, diff))  # g d = lam S d^2
-            del diff
             value = value + (0.5 * self.lam) * self._constant
-        return _Penalty.apply(value, grads, *params)
+        self._penalised = params
+        return _Penalty.apply(value, self, *params)
+
+    def _buffers(self, params: list[torch.nn.Parameter]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Two tensors per parameter, kept from step to step: a fresh 0.5 GB each step (SmolLM2) is fresh pages from
+        the OS each time, whose faults cost more than the arithmetic."""
+        scratch = self._scratch
+        if scratch is None or any(d.shape != p.shape or d.dtype != p.dtype or d.device != p.device
+                                  for d, p in zip(scratch[0], params)) or len(scratch[0]) != len(params):
+            scratch = self._scratch = ([torch.empty_like(p) for p in params], [torch.empty_like(p) for p in params])
+        return scratch
+
+    def _owe(self, scale: float) -> None:
+        """Called by the penalty's backward: its gradient (times ``scale``) is owed to ``p.grad``."""
+        owed = 0.0 if self._owed is None else self._owed[1]
+        self._owed = (self._penalised, owed + scale)
+
+    @torch.no_grad()
+    def after_backward(self, model: torch.nn.Module, task_id: int) -> None:
+        """Add the penalty's gradient ``lam S (θ - m)`` into each ``p.grad``, in place: one fused add over every
+        parameter, after the loss's own gradients (so ``p.grad`` = loss gradient + penalty gradient, as autograd
+        would sum them; on a weight that receives several gradients, e.g. a tied embedding, the sum's order differs,
+        so the last bit may)."""
+        if self._owed is None:
+            return
+        (params, scale), self._owed = self._owed, None
+        grads = self._scratch[1]
+        have = [i for i, p in enumerate(params) if p.grad is not None]
+        if have and scale == 1.0:
+            torch._foreach_add_([params[i].grad for i in have], [grads[i] for i in have])
+        elif have:
+            torch._foreach_add_([params[i].grad for i in have], [grads[i] for i in have], alpha=scale)
+        for p, g in zip(params, grads):
+            if p.grad is None:
+                p.grad = g * scale
 
     def penalty_autograd(self, model: torch.nn.Module, task_id: int) -> torch.Tensor | None:
         """The same penalty through autograd's own operations: the reference :meth:`penalty` matches."""

@@ -4,8 +4,8 @@ ICML, arXiv:1703.04200).
 EWC's quadratic penalty (:mod:`cl_utils.methods.quadratic`) with another importance: how much each parameter's
 movement lowered the loss along the training path. During task ``μ``, every step adds to a running sum::
 
-    ω_i  +=  -g_i * Δθ_i          g: the gradient of the task loss alone (the penalty's own gradient, known in
-                                  closed form, is subtracted), Δθ: the change the optimiser step made
+    ω_i  +=  -g_i * Δθ_i          g: the gradient of the task loss alone (read before the penalty's gradient is
+                                  added, in after_backward), Δθ: the change the optimiser step made
 
 and at the end of the task (eq. 5)::
 
@@ -65,14 +65,17 @@ class SI(QuadraticPenalty):
 
     @torch.no_grad()
     def after_backward(self, model: torch.nn.Module, task_id: int) -> None:
-        """Keep the task loss's gradient: ``p.grad`` minus the penalty's ``λ S (θ - m)``."""
+        """Keep the task loss's gradient: ``p.grad`` before the fused penalty's gradient is added (then add it); after
+        the autograd penalty (:meth:`penalty_autograd`, for mixed dtypes), ``p.grad`` minus its ``λ S (θ - m)``."""
+        through_autograd = self._owed is None and bool(self._merged)
         self._grad = {}
         for n, p in self._params.items():
             if p.grad is None:
                 continue
             g = p.grad.detach().float().clone()
-            own = self.penalty_gradient(n, p.detach())
+            own = self.penalty_gradient(n, p.detach()) if through_autograd else None
             self._grad[n] = g if own is None else g.sub_(own.float())
+        super().after_backward(model, task_id)
 
     @torch.no_grad()
     def after_step(self, model: torch.nn.Module, task_id: int) -> None:
