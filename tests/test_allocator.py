@@ -1,0 +1,33 @@
+"""cl_utils.allocator: freed memory is reused (no fresh pages, no page faults) unless CL_MALLOC=default."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import resource, torch, cl_utils
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+x = torch.ones(16 * 2**20); del x          # 64 MiB: above glibc's largest mmap threshold
+before = faults()
+for _ in range(10):
+    x = torch.ones(16 * 2**20); del x
+print(cl_utils.allocator.KEPT, faults() - before)
+"""
+
+
+def _probe(**env) -> tuple[bool, int]:
+    out = subprocess.run([sys.executable, "-c", PROBE], env={**os.environ, **env}, capture_output=True, text=True,
+                         check=True).stdout.split()
+    return out[0] == "True", int(out[1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_freed_memory_is_reused_unless_told_otherwise():
+    kept, kept_faults = _probe(CL_MALLOC="keep")
+    default, default_faults = _probe(CL_MALLOC="default")
+    assert kept and not default
+    pages = 10 * 64 * 2**20 // 4096  # what ten fresh 64 MiB blocks fault in
+    assert default_faults > pages // 2  # glibc's default: fresh pages every time
+    assert kept_faults < pages // 4  # kept: the same pages again (a block or two may still move)
