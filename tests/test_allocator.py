@@ -28,6 +28,6 @@ def test_freed_memory_is_reused_unless_told_otherwise():
     kept, kept_faults = _probe(CL_MALLOC="keep")
     default, default_faults = _probe(CL_MALLOC="default")
     assert kept and not default
-    pages = 10 * 64 * 2**20 // 4096  # what ten fresh 64 MiB blocks fault in
-    assert default_faults > pages // 2  # glibc's default: fresh pages every time
-    assert kept_faults < pages // 4  # kept: the same pages again (a block or two may still move)
+    # glibc's default maps fresh pages for every block (4 KiB faults each, or 2 MiB ones where transparent huge pages
+    # are "always"); kept, the same pages come back (a block or two may still move): at least 3x fewer faults
+    assert kept_faults * 3 < default_faults, (kept_faults, default_faults)

@@ -162,3 +162,53 @@ def test_two_processes_give_the_one_process_R(method, tmp_path):
     if method[1] == "ewc":  # the penalty matters at this λ: a Fisher reduced wrongly would show
         naive = _ONE.get("naive") or _cli(["--benchmark", "lm", "--method", "naive"], tmp_path / "naive", 1)
         assert np.abs(np.array(naive["R"]) - np.array(two["R"])).max() > 1e-2
+
+
+_UNEQUAL_SHARES = r"""
+import json, sys, torch, torch.distributed as dist
+from cl_utils import distributed as D
+from cl_utils.methods import EWC
+
+D.init()
+torch.manual_seed(0)
+net = torch.nn.Linear(3, 2).double()
+ewc = EWC(10.0)
+ewc.consolidate({n: torch.rand_like(p) for n, p in net.named_parameters()},
+                {n: p.detach() - 0.3 for n, p in net.named_parameters()})
+x = torch.randn(4, 3, dtype=torch.double)
+ddp = D.data_parallel(lambda b: (net(b["x"]) ** 2).mean() + ewc.penalty(net, 1), net, list(net.parameters()))
+rank = D.rank()
+loss = ddp({"input_ids": x[:2] if rank == 0 else x[2:], "x": x[:2] if rank == 0 else x[2:],
+            D.WEIGHT_KEY: [1.5, 0.5][rank]})  # unequal shares (a row's scored tokens differ), mean 1
+loss.backward()
+ewc.after_backward(net, 1)
+# one process, the same global batch: the shares' weighted task loss, the penalty once (through autograd)
+ref = torch.nn.Linear(3, 2).double()
+ref.load_state_dict(net.state_dict())
+with torch.no_grad():
+    for p, q in zip(ref.parameters(), net.parameters()):
+        p.copy_(q)
+l = 0.5 * (1.5 * (ref(x[:2]) ** 2).mean() + 0.5 * (ref(x[2:]) ** 2).mean()) + ewc.penalty_autograd(ref, 1)
+l.backward()
+gap = torch.tensor([max(float((p.grad - q.grad).abs().max()) for p, q in zip(net.parameters(), ref.parameters()))])
+dist.all_reduce(gap, op=dist.ReduceOp.MAX)  # the larger of the two ranks' gaps
+if rank == 0:
+    print(json.dumps({"gap": float(gap)}), flush=True)
+del ddp, loss  # the DDP reducer's threads, before the process group goes
+D.barrier()
+D.finish()
+"""
+
+
+@pytest.mark.distributed
+def test_the_penalty_gradient_is_the_global_one_when_shares_are_unequal(tmp_path):
+    """DDP averages the loss's gradients over ranks that each scale their loss by their share of the batch; the
+    quadratic penalty's gradient, added by after_backward after that average, must take the same mean on every rank
+    (it did not, at first: rank 0 added 1.5x the penalty, rank 1 0.5x)."""
+    script = tmp_path / "unequal.py"
+    script.write_text(_UNEQUAL_SHARES)
+    done = subprocess.run([shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun",
+                           "--standalone", "--nproc_per_node", "2", str(script)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["gap"] < 1e-12

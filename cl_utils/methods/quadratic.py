@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from ..benchmark import Benchmark, Task
+from ..distributed import all_sum, world_size
 from .base import Method
 
 __all__ = ["QuadraticPenalty", "check_importance_matches", "weights_checksum", "protected_parameter_names"]
@@ -144,7 +145,8 @@ class QuadraticPenalty(Method):
     # -- consolidation ---------------------------------------------------------------------------------
     def end_task(self, model: torch.nn.Module, task_id: int, task: Task, benchmark: Benchmark) -> None:
         """The task's importance at the weights just trained on it, then those weights as the anchor."""
-        self._scratch = None  # the penalty's buffers: not needed until the next task trains
+        self._scratch, self._penalised, self._owed = None, [], None  # the penalty's buffers: not needed until the
+        # next task trains (and a backward that failed half-way owes nothing to the next one)
         checksum = weights_checksum(model)
         names = protected_parameter_names(model)
         importance = self.importance(model, task_id, task, benchmark, names)
@@ -195,6 +197,10 @@ class QuadraticPenalty(Method):
         return True
 
     # -- training --------------------------------------------------------------------------------------
+    def begin_task(self, model: torch.nn.Module, task_id: int, task: Task) -> None:
+        """A task starts with nothing owed (a stream interrupted during a backward, then run on, owes nothing)."""
+        self._owed = None
+
     def penalty(self, model: torch.nn.Module, task_id: int) -> torch.Tensor | None:
         """``(lam / 2) * sum Ω (θ - θ*)^2`` as a scalar tensor; None before any task was consolidated.
 
@@ -248,6 +254,8 @@ class QuadraticPenalty(Method):
         if self._owed is None:
             return
         (params, scale), self._owed = self._owed, None
+        if world_size() > 1:  # DDP averaged the loss's gradients over the ranks, each scaled by its rank's share of
+            scale = all_sum(scale)[0] / world_size()  # the batch: the penalty's, added after that, takes the same mean
         grads = self._scratch[1]
         have = [i for i, p in enumerate(params) if p.grad is not None]
         if have and scale == 1.0:
@@ -255,7 +263,7 @@ class QuadraticPenalty(Method):
         elif have:
             torch._foreach_add_([params[i].grad for i in have], [grads[i] for i in have], alpha=scale)
         for p, g in zip(params, grads):
-            if p.grad is None:
+            if p.grad is None and p.requires_grad:
                 p.grad = g * scale
 
     def penalty_autograd(self, model: torch.nn.Module, task_id: int) -> torch.Tensor | None:

@@ -57,6 +57,7 @@ class SI(QuadraticPenalty):
         return False
 
     def begin_task(self, model: torch.nn.Module, task_id: int, task: Task) -> None:
+        super().begin_task(model, task_id, task)
         named = dict(model.named_parameters())
         self._params = {n: named[n] for n in protected_parameter_names(model)}
         self._start = {n: p.detach().clone() for n, p in self._params.items()}
