@@ -15,8 +15,8 @@ Opacus's ``GradSampleModule`` (per-example gradients kept per parameter, squared
 its rows appear when ``opacus`` imports, and a note says so when it does not.
 
 Each ratio is timed with its two pieces alternating alone (``compare(..., pairwise=True)``): the loop, vmap and
-Opacus allocate and free 0.1-2.3 GB per call, and the page faults that follow fell on their neighbour in a
-round-robin of all pieces (the BERT Fisher measured 1.3-1.5x the floor beside it alone, up to 2.2x beside the loop).
+Opacus allocate and free 0.1-2.3 GB per call, and what that does to the caches and memory fell on their neighbour in
+a round-robin of all pieces (the BERT Fisher measured 1.3-1.5x the floor beside it alone, up to 2.2x beside the loop).
 """
 from __future__ import annotations
 

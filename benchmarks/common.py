@@ -188,8 +188,8 @@ def compare(fns: dict[str, Callable[[], Step]], against: dict[str, str], labels:
 
     ``pairwise``: time each piece alternating with its reference only, one pair after the other (a reference is
     timed again with each piece it serves), instead of all pieces in one round-robin. For pieces that allocate and
-    free GBs per call (a per-example loop's dense gradients, vmap's and Opacus's per-example copies): the page
-    faults and reclaim they cause fall partly on whatever runs next, and would be billed to a neighbour.
+    free GBs per call (a per-example loop's dense gradients, vmap's and Opacus's per-example copies): what they do
+    to the caches and memory falls partly on whatever runs next, and would be billed to a neighbour.
 
     ``fns`` maps a piece to a factory that builds it (called again, fresh, for the memory probe, so a
     training step's optimizer state counts); ``labels`` names the pieces in the table; ``targets`` (by piece)

@@ -4,8 +4,9 @@ glibc's ``malloc`` serves a large request (over 128 KiB at first; its threshold 
 fresh pages from the OS (``mmap``), and unmaps them on ``free``. The kernel zero-fills each 4 KiB page on first
 touch, so a tensor of that size costs a page fault per page every time it is allocated. A training step frees and
 requests the same activations, logits and gradients at every step: on the embedded GPT-2 (16 x 128 tokens, logits
-of 33.5 MB), a step took 206-209 ms with glibc's defaults and 167-169 ms with the memory kept (AMD EPYC, AVX-512,
-2 threads, alternating runs); a SmolLM2 EWC penalty paid 1 GB of page faults per step before it kept its buffers.
+of 33.5 MB), a step took 189-214 ms (median 208.9) with glibc's defaults and 154-169 ms (median 166.7) with the
+memory kept (AMD EPYC, AVX-512, 2 threads, five alternating runs each); a SmolLM2 EWC penalty paid about 250,000
+page faults (1 GB) per step before it kept its buffers.
 
 :func:`keep_freed_memory` sets two ``mallopt`` parameters for this process: no ``mmap`` for large requests
 (``M_MMAP_MAX = 0``: they come from the heap, where freed memory is reused) and no trimming of the heap's free top

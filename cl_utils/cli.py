@@ -46,7 +46,8 @@ __all__ = ["main", "parse_sets", "plan"]
 BENCHMARKS = ("lm", "classification")
 REFERENCES = {"joint": "the multitask reference: every task at once, same budget (no parameters)"}
 # method -> {its parameter: the cl_utils.tuned key the notebooks fill it from}
-TUNED_PARAMETERS = {"si": {"lam": "si_lambda"}, "mas": {"lam": "mas_lambda"}, "lwf": {"alpha": "lwf_alpha"},
+TUNED_PARAMETERS = {"si": {"lam": "si_lambda"}, "mas": {"lam": "mas_lambda", "examples": "fisher_examples"},
+                    "lwf": {"alpha": "lwf_alpha"},
                     "ewc": {"fisher_examples": "fisher_examples"}, "online_ewc": {"fisher_examples": "fisher_examples"}}
 # method -> the cl_utils.tuned key of its own learning rate (a training-budget override, as in 03 and 04)
 TUNED_LR = {"progressive_prompts": "prompt_lr", "lora_sequential": "lora_lr", "lora_per_task": "lora_lr",

@@ -75,7 +75,8 @@ PROFILE_TUNED: dict[tuple[str, str], dict[str, Any]] = {
         # forgetting; the same ratio here gives 177. The value, 157.5 (2e4 / 127 rounded), is the former λ = 2e4 run:
         # on full 128-token blocks the per-token Fisher (cl_utils.fisher) is 127x the per-example one.
         "ewc_lambdas": [157.5],
-        "fisher_examples": 32,  # 02: ~0.85 s per 128-token example for 135M parameters on 2 cores (per-layer hooks)
+        "fisher_examples": 32,  # 02: 26.0 s for the 32 128-token examples on 2 cores (per-layer hooks; the EWC stream
+        # of the README's SmolLM2 section)
         "lora_lr": 1e-3,  # 04: 10x the profile's fine-tuning lr, the ratio probed on embedded (1e-2 against 1e-3)
     },
 }

@@ -69,6 +69,7 @@ def test_plan_fills_the_notebooks_values():
     # EWC's Fisher size as 02 sets it: SmolLM2's 32 examples, not the class default of 256
     assert plan("smollm2", "lm", "ewc", 0, {"lam": 157.5}).method_kwargs == {"lam": 157.5, "fisher_examples": 32}
     assert plan("smoke", "lm", "online_ewc", 0, {"lam": 1.0}).method_kwargs["fisher_examples"] == 256
+    assert plan("smollm2", "lm", "mas", 0, {}).method_kwargs["examples"] == 32  # 02 gives MAS the same rows
 
 
 def test_a_run_writes_the_results_file_the_notebooks_would(tmp_path):

@@ -133,7 +133,7 @@ class QuadraticPenalty(Method):
         self._slope: list[torch.Tensor] = []  # per merged parameter, 2 * float32(lam / 2) * S: the gradient's factor
         self._scratch: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # θ - m and the gradient, reused
         self._penalised: list[torch.nn.Parameter] = []  # the parameters of the last penalty
-        self._owed: tuple[list[torch.nn.Parameter], float] | None = None  # (params, scale) after a backward
+        self._owed: float | None = None  # after a backward: the scale of the gradient owed to _penalised's p.grad
 
     # -- what subclasses define ------------------------------------------------------------------------
     def importance(self, model: torch.nn.Module, task_id: int, task: Task, benchmark: Benchmark,
@@ -232,18 +232,16 @@ class QuadraticPenalty(Method):
         return _Penalty.apply(value, self, *params)
 
     def _buffers(self, params: list[torch.nn.Parameter]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Two tensors per parameter, kept from step to step: a fresh 0.5 GB each step (SmolLM2) is fresh pages from
-        the OS each time, whose faults cost more than the arithmetic."""
-        scratch = self._scratch
-        if scratch is None or any(d.shape != p.shape or d.dtype != p.dtype or d.device != p.device
-                                  for d, p in zip(scratch[0], params)) or len(scratch[0]) != len(params):
-            scratch = self._scratch = ([torch.empty_like(p) for p in params], [torch.empty_like(p) for p in params])
-        return scratch
+        """Two tensors per parameter, kept from step to step (a fresh 0.5 GB each step on SmolLM2 is fresh pages from
+        the OS each time, whose faults cost more than the arithmetic). Made again after ``end_task`` and ``_rebuild``;
+        ``params`` match ``_merged`` in shape, dtype and device (``penalty`` checked), hence these."""
+        if self._scratch is None:
+            self._scratch = ([torch.empty_like(p) for p in params], [torch.empty_like(p) for p in params])
+        return self._scratch
 
     def _owe(self, scale: float) -> None:
         """Called by the penalty's backward: its gradient (times ``scale``) is owed to ``p.grad``."""
-        owed = 0.0 if self._owed is None else self._owed[1]
-        self._owed = (self._penalised, owed + scale)
+        self._owed = (self._owed or 0.0) + scale
 
     @torch.no_grad()
     def after_backward(self, model: torch.nn.Module, task_id: int) -> None:
@@ -253,7 +251,7 @@ class QuadraticPenalty(Method):
         so the last bit may)."""
         if self._owed is None:
             return
-        (params, scale), self._owed = self._owed, None
+        params, scale, self._owed = self._penalised, self._owed, None
         if world_size() > 1:  # DDP averaged the loss's gradients over the ranks, each scaled by its rank's share of
             scale = all_sum(scale)[0] / world_size()  # the batch: the penalty's, added after that, takes the same mean
         grads = self._scratch[1]
