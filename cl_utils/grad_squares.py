@@ -199,8 +199,8 @@ class GradSquares:
             self._add_block(key, grads, rows)
 
     def _workspace(self, shape: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """One buffer for every block's ``G_b``, grown as needed and reused: a fresh tensor per block would be
-        fresh pages from the OS each time (blocks are MBs), and those page faults cost as much as the products."""
+        """One buffer for every block's ``G_b``, grown as needed and reused, instead of a fresh tensor of a few MB per
+        block (on the README's BERT workload: 1.43x the floor before, 1.36x after, in one pair of runs)."""
         n = math.prod(shape)
         ws = self._ws
         if ws is None or ws.numel() < n or ws.dtype != dtype or ws.device != device:
